@@ -1,0 +1,63 @@
+# DCGAN on CelebA: `make` lists the targets. PY=python uses an existing environment instead of .venv.
+EPOCHS ?= 5
+DATA   ?= datasets/extracted
+OUT    ?= results
+CKPT   ?= DCGAN_celeba_g.pth
+N      ?= 64
+ARGS   ?=
+
+VENV := .venv
+ifeq ($(origin PY), undefined)
+PY   := $(VENV)/bin/python
+ENV  := $(VENV)/.installed
+else
+ENV  :=
+endif
+
+.PHONY: help install demo download train sample test clean
+
+help:  ## list the targets
+	@echo "make install             build .venv from requirements.txt (done by every target on first use)"
+	@echo "make demo                synthetic faces, a short CPU training run and samples in results/demo/"
+	@echo "make download            CelebA into datasets/extracted/ (./download_celeba.sh)"
+	@echo "make train EPOCHS=50     train on DATA=$(DATA), writing OUT=$(OUT)/ and DCGAN_celeba_{g,d}.pth"
+	@echo "make sample CKPT=...     N=$(N) faces from a generator into $(OUT)/samples.png"
+	@echo "make test                the test suite (pytest, CPU, a few minutes)"
+	@echo "make clean               remove results and caches (never the dataset or .venv)"
+	@echo "Variables: EPOCHS DATA OUT CKPT N, ARGS='--flags for dcgan.py', PY=python to skip .venv"
+
+install: $(ENV)
+
+# Rebuilt only when requirements.txt changes.
+$(VENV)/.installed: requirements.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --upgrade pip
+	$(VENV)/bin/python -m pip install -r requirements.txt
+	touch $@
+
+# A small model on procedural faces: the whole workflow on a CPU in a few minutes, no download.
+DEMO := $(OUT)/demo
+demo: $(ENV)
+	@test -d datasets/synth || $(PY) dcgan.py synth --out datasets/synth --n 4000
+	$(PY) dcgan.py train --data datasets/synth --out $(DEMO) --epochs 10 --batch-size 64 \
+	    --ngf 32 --ndf 32 --workers 1 --log-every 20 \
+	    --save-g $(DEMO)/demo_g.pth --save-d $(DEMO)/demo_d.pth $(ARGS)
+	$(PY) dcgan.py sample --ckpt $(DEMO)/demo_g.pth --seed 0 --out $(DEMO)/samples.png
+	$(PY) dcgan.py sample --ckpt $(DEMO)/demo_g.pth --seed 0 --interpolate 8 --out $(DEMO)/interpolation.png
+	@echo "demo done: look at $(DEMO)/progress.gif, $(DEMO)/samples.png and $(DEMO)/loss.png"
+
+download:
+	./download_celeba.sh
+
+train: $(ENV)
+	$(PY) dcgan.py train --data $(DATA) --out $(OUT) --epochs $(EPOCHS) $(ARGS)
+
+sample: $(ENV)
+	$(PY) dcgan.py sample --ckpt $(CKPT) --n $(N) --out $(OUT)/samples.png $(ARGS)
+
+test: $(ENV)
+	$(PY) -m pytest -q
+
+# Only the default folders: never $(OUT) (it could be anywhere), the dataset or the *.pth weights.
+clean:
+	rm -rf results/* datasets/synth datasets/cache .pytest_cache __pycache__

@@ -1,0 +1,781 @@
+"""DCGAN on CelebA faces in one file (Radford, Metz & Chintala, 2015, arXiv:1511.06434).
+
+    make demo                                        # venv + synthetic faces + short CPU run
+    make download && make train EPOCHS=50            # real CelebA from datasets/extracted/
+    python dcgan.py train --data datasets/extracted --epochs 50
+    python dcgan.py train --resume results/checkpoint.pth --epochs 60
+    python dcgan.py sample --ckpt DCGAN_celeba_g.pth --n 64 --out results/samples.png
+    python dcgan.py synth --out datasets/synth --n 6000
+
+The file reads top to bottom in the order data flows: arguments, data, models,
+training, sampling, plots, main.
+"""
+import argparse
+import csv
+import math
+import os
+import pickle
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision.transforms.functional as TF
+from PIL import Image, ImageDraw
+from torchvision.utils import make_grid, save_image
+
+
+class UserError(Exception):
+    """A mistake the user can fix: main() prints it as one line and exits with code 2."""
+
+
+# ----------------------------------------------------------------------------- arguments
+
+def image_size_arg(text):
+    size = int(text)
+    if size not in (32, 64, 128, 256):
+        raise argparse.ArgumentTypeError(f"{size} is not one of 32, 64, 128, 256")
+    return size
+
+
+def positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative_int(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def positive_float(text):
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+    return value
+
+
+# The flags that fix the networks' shapes; --resume checks them against the checkpoint.
+ARCHITECTURE_DEFAULTS = dict(image_size=64, nz=100, ngf=64, ndf=64)
+
+
+def build_parser():
+    formatter = argparse.ArgumentDefaultsHelpFormatter
+    parser = argparse.ArgumentParser(description="Train a DCGAN on faces and sample from it.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    t = commands.add_parser("train", help="train G and D on a folder of images", formatter_class=formatter)
+    t.add_argument("--data", default="datasets/extracted", help="folder searched recursively for images")
+    t.add_argument("--out", default="results", help="folder for grids, plots, losses.csv, checkpoint.pth")
+    t.add_argument("--epochs", type=positive_int, default=5, help="total epochs (also when resuming)")
+    t.add_argument("--batch-size", type=positive_int, default=128)
+    t.add_argument("--image-size", type=image_size_arg, default=ARCHITECTURE_DEFAULTS["image_size"],
+                   help="32, 64, 128 or 256")
+    t.add_argument("--nz", type=positive_int, default=ARCHITECTURE_DEFAULTS["nz"], help="length of the latent z")
+    t.add_argument("--ngf", type=positive_int, default=ARCHITECTURE_DEFAULTS["ngf"], help="generator width")
+    t.add_argument("--ndf", type=positive_int, default=ARCHITECTURE_DEFAULTS["ndf"], help="discriminator width")
+    t.add_argument("--lr", type=positive_float, default=2e-4, help="Adam learning rate (DCGAN paper)")
+    t.add_argument("--beta1", type=float, default=0.5, help="Adam beta1 (DCGAN paper: 0.5, not 0.9)")
+    t.add_argument("--workers", type=non_negative_int, default=4, help="image-decoding processes")
+    t.add_argument("--seed", type=int, default=999)
+    t.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cuda, cuda:1, mps, cpu")
+    t.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"], default="auto",
+                   help="mixed precision: auto = bf16 where supported, fp16 on older GPUs, else off")
+    t.add_argument("--log-every", type=positive_int, default=50, help="iterations between log lines")
+    t.add_argument("--save-g", default="DCGAN_celeba_g.pth", help="generator weights, written every epoch")
+    t.add_argument("--save-d", default="DCGAN_celeba_d.pth", help="discriminator weights, written every epoch")
+    t.add_argument("--resume", metavar="PATH", help="continue from a checkpoint.pth to --epochs in total")
+    t.add_argument("--init-g", metavar="PATH", help="start G from saved weights (fresh optimizer)")
+    t.add_argument("--init-d", metavar="PATH", help="start D from saved weights (fresh optimizer)")
+    t.set_defaults(func=train)
+
+    s = commands.add_parser("sample", help="draw faces from a trained generator", formatter_class=formatter)
+    s.add_argument("--ckpt", required=True, help="generator weights (ours, the tutorial's, or checkpoint.pth)")
+    s.add_argument("--n", type=positive_int, default=64, help="number of images")
+    s.add_argument("--nrow", type=positive_int, default=8, help="images per row in the grid")
+    s.add_argument("--seed", type=int, default=None, help="latent seed (default: random, printed)")
+    s.add_argument("--out", default="results/samples.png", help="grid image to write")
+    s.add_argument("--separate", metavar="DIR", help="also write every image as DIR/NNNNNN.png")
+    s.add_argument("--interpolate", type=positive_int, metavar="STEPS",
+                   help="draw n // STEPS rows, each a spherical path between two random latents")
+    s.add_argument("--device", default="auto")
+    s.set_defaults(func=sample)
+
+    y = commands.add_parser("synth", help="draw a procedural face-like dataset (no download)",
+                            formatter_class=formatter)
+    y.add_argument("--out", default="datasets/synth", help="folder for the JPEGs")
+    y.add_argument("--n", type=positive_int, default=6000, help="number of faces")
+    y.add_argument("--size", type=image_size_arg, default=64, help="image side in pixels")
+    y.add_argument("--seed", type=int, default=0)
+    y.set_defaults(func=synth)
+    return parser
+
+
+# ----------------------------------------------------------------------------- data
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+# What PIL raises for a broken, truncated, oversized or non-image file.
+IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+def find_images(root):
+    """Every image file below root, sorted; labels and folder structure are ignored."""
+    hint = "run `make download` for CelebA, `make demo` for synthetic faces, or point --data at a folder of images"
+    if not os.path.isdir(root):
+        raise UserError(f"--data {root} does not exist: {hint}")
+    paths = sorted(str(p) for p in Path(root).rglob("*")
+                   if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    if not paths:
+        raise UserError(f"--data {root} holds no images (jpg, jpeg, png, bmp, webp): {hint}")
+    return paths
+
+
+def load_image(path, size):
+    """Decode one file as in the DCGAN tutorial: Resize(size) + CenterCrop(size), RGB, uint8 [3, size, size]."""
+    with Image.open(path) as img:
+        img.draft("RGB", (size, size))  # JPEG: let libjpeg decode at a reduced scale (2-4x faster)
+        img = img.convert("RGB")
+        img = TF.center_crop(TF.resize(img, size, antialias=True), size)
+    return TF.pil_to_tensor(img)
+
+
+class ImageFiles(torch.utils.data.Dataset):
+    """The image files as uint8 tensors. A file that fails to decode is marked bad (ok=False), not fatal."""
+
+    def __init__(self, paths, size):
+        self.paths, self.size = paths, size
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        try:
+            return load_image(self.paths[i], self.size), True, i
+        except IMAGE_ERRORS:
+            return torch.zeros(3, self.size, self.size, dtype=torch.uint8), False, i
+
+
+def epoch_batches(n, batch_size, seed, epoch):
+    """Index batches for one epoch: a fresh shuffle per epoch, the last partial batch dropped.
+
+    The order is a pure function of (seed, epoch), so a resumed run sees exactly the batches
+    the uninterrupted run would have seen, without storing the order anywhere."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 10007 + epoch))
+    return order[: n // batch_size * batch_size].view(-1, batch_size).tolist()
+
+
+def make_loader(dataset, batches, workers, device):
+    return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=workers,
+                                       pin_memory=device.type == "cuda")
+
+
+def to_model_input(images, device):
+    """uint8 [0, 255] -> float [-1, 1] on the device, matching the generator's Tanh range.
+    Converting after the copy moves 4x fewer bytes than sending floats."""
+    return images.to(device, non_blocking=True).float().div_(127.5).sub_(1)
+
+
+def first_good_images(dataset, order, count):
+    """Up to count decodable images in the given order (for real_samples.png and the final comparison)."""
+    images = []
+    for i in order:
+        image, ok, _ = dataset[i]
+        if ok:
+            images.append(image)
+            if len(images) == count:
+                break
+    if not images:
+        raise UserError(f"none of the {len(dataset)} image files under --data could be decoded")
+    return torch.stack(images)
+
+
+def draw_synthetic_face(rng, size):
+    """A cartoon face with random skin, hair, eyes, mouth and background, drawn at 4x and downsampled."""
+    s = size * 4
+    top, bottom = [tuple(rng.randint(20, 235) for _ in range(3)) for _ in range(2)]
+    img = Image.new("RGB", (1, 2))  # a two-pixel image stretched into a vertical gradient
+    img.putpixel((0, 0), top)
+    img.putpixel((0, 1), bottom)
+    img = img.resize((s, s), Image.BILINEAR)
+    d = ImageDraw.Draw(img)
+    tone = rng.uniform(0, 1)  # from dark to light skin
+    skin = tuple(int(c) for c in (90 + 160 * tone, 55 + 150 * tone, 35 + 135 * tone))
+    skin = tuple(min(255, c + rng.randint(-12, 12)) for c in skin)
+    hair = rng.choice([(25, 20, 18), (60, 40, 25), (110, 75, 40), (200, 160, 90), (150, 60, 30), (130, 130, 130)])
+    cx, cy = s * (0.5 + rng.uniform(-0.04, 0.04)), s * (0.53 + rng.uniform(-0.03, 0.03))
+    rx = s * rng.uniform(0.24, 0.3)
+    ry = rx * rng.uniform(1.2, 1.4)
+    shirt = tuple(rng.randint(0, 255) for _ in range(3))
+    d.ellipse([cx - rx * 2, cy + ry * 0.95, cx + rx * 2, cy + ry * 2.6], fill=shirt)  # shoulders
+    d.rectangle([cx - rx * 0.35, cy + ry * 0.6, cx + rx * 0.35, cy + ry * 1.1], fill=skin)  # neck
+    long_hair = rng.random() < 0.5
+    hair_box = [cx - rx * 1.15, cy - ry * 1.15, cx + rx * 1.15, cy + (ry * 1.3 if long_hair else ry * 0.2)]
+    d.ellipse(hair_box, fill=hair)
+    if long_hair:
+        d.rectangle([cx - rx * 1.15, cy - ry * 0.1, cx + rx * 1.15, cy + ry * 1.25], fill=hair)
+    d.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=skin)
+    fringe = rng.uniform(0.35, 0.7)  # how far the hair comes down the forehead
+    d.chord([cx - rx * 1.02, cy - ry * 1.08, cx + rx * 1.02, cy - ry * (1.0 - 2 * fringe)], 180, 360, fill=hair)
+    eye_y, eye_dx, eye_r = cy - ry * 0.12, rx * rng.uniform(0.36, 0.46), rx * rng.uniform(0.13, 0.18)
+    iris = rng.choice([(70, 45, 25), (40, 90, 150), (60, 110, 60), (30, 30, 30)])
+    for side in (-1, 1):
+        ex = cx + side * eye_dx
+        d.ellipse([ex - eye_r * 1.3, eye_y - eye_r * 0.8, ex + eye_r * 1.3, eye_y + eye_r * 0.8], fill=(245, 245, 240))
+        d.ellipse([ex - eye_r * 0.6, eye_y - eye_r * 0.6, ex + eye_r * 0.6, eye_y + eye_r * 0.6], fill=iris)
+        d.ellipse([ex - eye_r * 0.25, eye_y - eye_r * 0.25, ex + eye_r * 0.25, eye_y + eye_r * 0.25], fill=(0, 0, 0))
+        brow_y = eye_y - eye_r * rng.uniform(1.6, 2.2)
+        d.line([ex - eye_r * 1.4, brow_y + side * eye_r * 0.1, ex + eye_r * 1.4, brow_y], fill=hair, width=max(2, s // 64))
+    shade = tuple(int(c * 0.8) for c in skin)
+    d.line([cx, eye_y + eye_r, cx - rx * 0.08, cy + ry * 0.25, cx + rx * 0.05, cy + ry * 0.3], fill=shade, width=max(2, s // 80))
+    lips = (int(150 + 60 * rng.random()), int(50 + 40 * rng.random()), int(60 + 40 * rng.random()))
+    mouth_y, mouth_w = cy + ry * 0.5, rx * rng.uniform(0.3, 0.5)
+    if rng.random() < 0.6:  # smile
+        d.chord([cx - mouth_w, mouth_y - ry * 0.15, cx + mouth_w, mouth_y + ry * 0.12], 0, 180, fill=lips)
+    else:
+        d.ellipse([cx - mouth_w, mouth_y - ry * 0.04, cx + mouth_w, mouth_y + ry * 0.06], fill=lips)
+    return img.resize((size, size), Image.LANCZOS)
+
+
+def synth(args):
+    """Write a procedural face dataset, so the whole workflow runs without a download."""
+    os.makedirs(args.out, exist_ok=True)
+    for i in range(args.n):
+        face = draw_synthetic_face(random.Random(args.seed * 1_000_003 + i), args.size)
+        face.save(os.path.join(args.out, f"face_{i:06d}.jpg"), quality=95)
+    print(f"wrote {args.n} synthetic {args.size}x{args.size} faces to {args.out}/")
+
+
+# ----------------------------------------------------------------------------- models
+# DCGAN guidelines (paper, section 3): strided convolutions instead of pooling, BatchNorm in
+# both nets (not on G's output or D's input), no fully connected hidden layers, ReLU in G with
+# Tanh on its output, LeakyReLU(0.2) in D. At 64x64 the layers are exactly those of the PyTorch
+# DCGAN tutorial and pytorch/examples, in `self.main`, so state_dicts load both ways.
+
+class Generator(nn.Module):
+    """z (nz) -> image (nc x S x S): a 4x4 projection, then one doubling block per octave."""
+
+    def __init__(self, nz=100, ngf=64, nc=3, image_size=64):
+        super().__init__()
+        mult = image_size // 8  # 64x64: ngf*8 feature maps at 4x4, halved at each doubling
+        layers = [nn.ConvTranspose2d(nz, ngf * mult, 4, 1, 0, bias=False),
+                  nn.BatchNorm2d(ngf * mult), nn.ReLU(True)]
+        # state size. (ngf*mult) x 4 x 4
+        while mult > 1:
+            layers += [nn.ConvTranspose2d(ngf * mult, ngf * mult // 2, 4, 2, 1, bias=False),
+                       nn.BatchNorm2d(ngf * mult // 2), nn.ReLU(True)]
+            mult //= 2
+            # state size. (ngf*mult) x 2H x 2W   (64x64: 8x8, 16x16, 32x32)
+        layers += [nn.ConvTranspose2d(ngf, nc, 4, 2, 1, bias=False), nn.Tanh()]
+        # state size. nc x S x S, values in [-1, 1] like the normalised real images
+        self.main = nn.Sequential(*layers)
+
+    def forward(self, z):
+        return self.main(z.view(z.size(0), -1, 1, 1))
+
+
+class Discriminator(nn.Module):
+    """image (nc x S x S) -> one logit per image: one halving block per octave down to 4x4."""
+
+    def __init__(self, ndf=64, nc=3, image_size=64):
+        super().__init__()
+        layers = [nn.Conv2d(nc, ndf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=True)]
+        # state size. ndf x S/2 x S/2   (no BatchNorm on D's input layer, per the paper)
+        mult, size = 1, image_size // 2
+        while size > 4:
+            layers += [nn.Conv2d(ndf * mult, ndf * mult * 2, 4, 2, 1, bias=False),
+                       nn.BatchNorm2d(ndf * mult * 2), nn.LeakyReLU(0.2, inplace=True)]
+            mult, size = mult * 2, size // 2
+            # state size. (ndf*mult) x size x size   (64x64: 16x16, 8x8, 4x4)
+        # The tutorial ends with nn.Sigmoid(); we return logits and use BCEWithLogitsLoss, the same
+        # maths fused in a numerically stable form that is also safe under autocast. Sigmoid has no
+        # parameters, so the state_dict keys still match the tutorial's.
+        layers += [nn.Conv2d(ndf * mult, 1, 4, 1, 0, bias=False)]
+        self.main = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.main(x).view(-1)
+
+
+def init_weights(m):
+    """DCGAN init: every conv weight from N(0, 0.02); BatchNorm scale from N(1, 0.02), shift 0."""
+    if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+        nn.init.normal_(m.weight, 0.0, 0.02)
+    elif isinstance(m, nn.BatchNorm2d):
+        nn.init.normal_(m.weight, 1.0, 0.02)
+        nn.init.zeros_(m.bias)
+
+
+def load_checkpoint(path, device="cpu"):
+    """torch.load with weights_only=True: tensors and plain containers only, so a file can never run code."""
+    if not os.path.isfile(path):
+        raise UserError(f"checkpoint {path} not found")
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" in str(e):
+            raise UserError(f"refusing {path}: it holds Python objects, not just tensors, and unpickling "
+                            "them could run code; load only state_dicts (torch.save(model.state_dict()))") from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError):
+        pass
+    raise UserError(f"{path} is not a readable PyTorch checkpoint: truncated, corrupt or another kind of file")
+
+
+def model_state(checkpoint, key, path):
+    """The state_dict of one model from any format we accept: our checkpoint.pth (key 'generator' or
+    'discriminator') or a plain state_dict, with DataParallel 'module.' and torch.compile
+    '_orig_mod.' prefixes removed."""
+    state = checkpoint.get(key, checkpoint) if isinstance(checkpoint, dict) else checkpoint
+    if not isinstance(state, dict) or not state or not all(torch.is_tensor(v) for v in state.values()):
+        raise UserError(f"{path} is not a DCGAN state_dict or checkpoint")
+    clean = {}
+    for name, tensor in state.items():
+        while name.startswith(("module.", "_orig_mod.")):
+            name = name.split(".", 1)[1]
+        clean[name] = tensor
+    if "main.0.weight" not in clean:
+        raise UserError(f"{path} is not a DCGAN model: no main.0.weight (keys start {list(clean)[:3]})")
+    return clean
+
+
+def conv_weights(state):
+    """The 4-D conv weights of a `main` Sequential, in layer order."""
+    weights = [(int(k.split(".")[1]), v) for k, v in state.items()
+               if k.startswith("main.") and k.endswith(".weight") and v.dim() == 4]
+    return [v for _, v in sorted(weights, key=lambda kv: kv[0])]
+
+
+def generator_config(state, path):
+    """nz, ngf, nc and image size read from the tensor shapes, so `sample` needs no flags."""
+    if "main.1.weight" not in state:  # G has BatchNorm at main.1; D has a parameter-free LeakyReLU
+        raise UserError(f"{path} looks like a discriminator; sample needs the generator (the *_g.pth file)")
+    convs = conv_weights(state)
+    nz, ngf, nc = convs[0].shape[0], convs[-1].shape[0], convs[-1].shape[1]
+    return dict(nz=nz, ngf=ngf, nc=nc, image_size=4 * 2 ** (len(convs) - 1))
+
+
+def load_weights(model, state, path, what):
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        detail = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), "")
+        raise UserError(f"{path} does not fit this {what}: {detail[:300]} "
+                        "(check --image-size, --nz, --ngf/--ndf against how it was trained)") from None
+
+
+# ----------------------------------------------------------------------------- training
+
+def choose_device(name):
+    if name != "auto":
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise UserError(f"unknown --device {name}: use auto, cpu, cuda, cuda:N or mps") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise UserError("--device cuda asked for, but PyTorch sees no CUDA GPU: use --device cpu")
+        if device.type == "mps" and not torch.backends.mps.is_available():
+            raise UserError("--device mps asked for, but MPS is not available here: use --device cpu")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def cpu_has_bf16():
+    """True on CPUs with native bf16 maths (AVX-512 BF16 or AMX), where bf16 autocast pays off."""
+    try:
+        return "avx512_bf16" in open("/proc/cpuinfo").read() or torch.backends.cpu.get_cpu_capability() == "AMX"
+    except OSError:
+        return False
+
+
+def choose_amp(name, device):
+    """The autocast dtype, or None for full fp32. fp16 needs a GradScaler; bf16 does not."""
+    if name == "off":
+        return None
+    if name != "auto":
+        return torch.bfloat16 if name == "bf16" else torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and cpu_has_bf16():
+        return torch.bfloat16
+    return None
+
+
+def train_step(G, D, opt_g, opt_d, scaler, real, nz, amp_dtype):
+    """One DCGAN iteration on a batch of real images in [-1, 1].
+
+    Returns [Loss_D, Loss_G, D(x), D(G(z)) before D's update, D(G(z)) after] as one tensor on the
+    device, so nothing waits for the GPU until the caller asks for numbers at log time."""
+    device = real.device
+    autocast = torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
+    b = real.size(0)
+    real_label, fake_label = torch.ones(b, device=device), torch.zeros(b, device=device)
+    z = torch.randn(b, nz, device=device)
+
+    # (1) Update D: maximize log(D(x)) + log(1 - D(G(z))). Real and fake go through D as separate
+    # batches, as in the paper, so BatchNorm never mixes their statistics.
+    with autocast:
+        fake = G(z)
+        logits_real = D(real)
+        logits_fake = D(fake.detach())  # detach: this step must not update G
+        loss_d = (F.binary_cross_entropy_with_logits(logits_real, real_label)
+                  + F.binary_cross_entropy_with_logits(logits_fake, fake_label))
+    opt_d.zero_grad(set_to_none=True)
+    scaler.scale(loss_d).backward()
+    scaler.step(opt_d)
+
+    # (2) Update G: maximize log(D(G(z))), the non-saturating loss: fakes labelled real. It gives
+    # G strong gradients early on, when D easily rejects its samples and log(1 - D(G(z))) is flat.
+    D.requires_grad_(False)  # D's weight gradients would only be thrown away: skip computing them
+    with autocast:
+        logits_gen = D(fake)
+        loss_g = F.binary_cross_entropy_with_logits(logits_gen, real_label)
+    opt_g.zero_grad(set_to_none=True)
+    scaler.scale(loss_g).backward()
+    scaler.step(opt_g)
+    scaler.update()
+    D.requires_grad_(True)
+
+    probs = [torch.sigmoid(x.detach().float()).mean() for x in (logits_real, logits_fake, logits_gen)]
+    return torch.stack([loss_d.detach().float(), loss_g.detach().float(), *probs])
+
+
+LOSS_COLUMNS = ["epoch", "iter", "loss_d", "loss_g", "d_x", "d_g_z1", "d_g_z2"]
+
+
+def append_losses(path, rows):
+    new = not os.path.exists(path)
+    with open(path, "a", newline="") as f:
+        writer = csv.writer(f)
+        if new:
+            writer.writerow(LOSS_COLUMNS)
+        writer.writerows([int(r[0]), int(r[1])] + [f"{v:.6g}" for v in r[2:]] for r in rows)
+
+
+def atomic_save(obj, path):
+    """torch.save to a temporary file, then rename: a crash mid-write never leaves a broken file,
+    and a failed write (disk full) leaves the previous file untouched."""
+    tmp = f"{path}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def rng_states():
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def restore_rng_states(states):
+    torch.set_rng_state(states["torch"])
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in states["python"]))
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def match_checkpoint_args(args, saved):
+    """On --resume the architecture comes from the checkpoint. A flag left at its default takes the
+    checkpoint's value; one set to something else is a contradiction the user must resolve."""
+    conflicts = []
+    for name, default in ARCHITECTURE_DEFAULTS.items():
+        mine, theirs = getattr(args, name), saved[name]
+        if mine != theirs:
+            if mine == default:
+                setattr(args, name, theirs)
+            else:
+                conflicts.append(f"--{name.replace('_', '-')} {mine} (checkpoint: {theirs})")
+    if conflicts:
+        raise UserError("--resume checkpoint was trained with other settings: " + ", ".join(conflicts))
+
+
+def check_writable(folder):
+    try:
+        os.makedirs(folder, exist_ok=True)
+        probe = os.path.join(folder, ".write-test")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise UserError(f"cannot write to --out {folder}: {e.strerror}; choose another --out") from None
+
+
+def train(args):
+    device = choose_device(args.device)
+    amp_dtype = choose_amp(args.amp, device)
+    resume = load_checkpoint(args.resume) if args.resume else None
+    if resume is not None:
+        if not (isinstance(resume, dict) and {"generator", "epoch", "args"} <= set(resume)):
+            raise UserError(f"{args.resume} is not a checkpoint.pth from `dcgan.py train` (only weights?); "
+                            "use --init-g/--init-d to start from plain weights")
+        match_checkpoint_args(args, resume["args"])
+    paths = find_images(args.data)
+    if len(paths) < args.batch_size:
+        raise UserError(f"--data {args.data} has {len(paths)} images, fewer than one batch "
+                        f"(--batch-size {args.batch_size}): lower --batch-size or add images")
+    check_writable(args.out)
+    torch.manual_seed(args.seed)
+    random.seed(args.seed)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
+
+    G = Generator(args.nz, args.ngf, 3, args.image_size).to(device)
+    D = Discriminator(args.ndf, 3, args.image_size).to(device)
+    G.apply(init_weights)
+    D.apply(init_weights)
+    for model, path, key in ((G, args.init_g, "generator"), (D, args.init_d, "discriminator")):
+        if path:  # transfer learning: weights only, the optimizers start fresh
+            load_weights(model, model_state(load_checkpoint(path), key, path), path, key)
+    # Adam with beta1 = 0.5 instead of 0.9: the paper found the default momentum made training
+    # oscillate and unstable. The fused kernels do the whole update in one launch on CUDA.
+    fused = device.type == "cuda"
+    opt_g = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(args.beta1, 0.999), fused=fused)
+    opt_d = torch.optim.Adam(D.parameters(), lr=args.lr, betas=(args.beta1, 0.999), fused=fused)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+
+    # One fixed batch of 64 latent vectors for the epoch grids, so the progress of the same "faces"
+    # can be followed across epochs (and across a resume, since it is saved in the checkpoint).
+    fixed_noise = torch.randn(64, args.nz, generator=torch.Generator().manual_seed(args.seed))
+    history, start_epoch = torch.zeros(0, len(LOSS_COLUMNS)), 0
+    losses_csv = os.path.join(args.out, "losses.csv")
+    if resume is not None:
+        load_weights(G, model_state(resume, "generator", args.resume), args.resume, "generator")
+        load_weights(D, model_state(resume, "discriminator", args.resume), args.resume, "discriminator")
+        opt_g.load_state_dict(resume["optimizer_g"])
+        opt_d.load_state_dict(resume["optimizer_d"])
+        fixed_noise, history, start_epoch = resume["fixed_noise"], resume["history"], resume["epoch"]
+        restore_rng_states(resume["rng"])
+        if start_epoch >= args.epochs:
+            raise UserError(f"{args.resume} has already done {start_epoch} epochs: pass --epochs above {start_epoch}")
+    if os.path.exists(losses_csv):  # rewrite from the history, so rows logged after the checkpoint go
+        os.remove(losses_csv)
+    if len(history):
+        append_losses(losses_csv, history.tolist())
+
+    dataset = ImageFiles(paths, args.image_size)
+    real_grid = first_good_images(dataset, epoch_batches(len(dataset), args.batch_size, args.seed, 0)[0], 64)
+    save_grid(real_grid.float() / 255, os.path.join(args.out, "real_samples.png"))
+    n_params = sum(p.numel() for p in G.parameters()), sum(p.numel() for p in D.parameters())
+    print(f"{len(paths)} images in {args.data} | {args.image_size}x{args.image_size} | device {device} | "
+          f"amp {str(amp_dtype).replace('torch.', '') if amp_dtype else 'off'} | G {n_params[0]:,} params, "
+          f"D {n_params[1]:,} params | epochs {start_epoch + 1}-{args.epochs} of batch {args.batch_size}")
+
+    bad_files = set()
+    iters = len(paths) // args.batch_size
+    for epoch in range(start_epoch, args.epochs):
+        batches = epoch_batches(len(dataset), args.batch_size, args.seed, epoch)
+        pending, tick, images_since = [], time.perf_counter(), 0
+        for i, (images, ok, index) in enumerate(make_loader(dataset, batches, args.workers, device)):
+            if not ok.all():
+                bad_files.update(index[~ok].tolist())
+                images = images[ok]
+                if len(images) < 2:  # BatchNorm needs at least two samples
+                    continue
+            stats = train_step(G, D, opt_g, opt_d, scaler, to_model_input(images, device), args.nz, amp_dtype)
+            pending.append(torch.cat([torch.tensor([epoch, i], device=device, dtype=stats.dtype), stats]))
+            images_since += len(images)
+            if (i + 1) % args.log_every == 0 or i + 1 == iters:
+                rows = torch.stack(pending).cpu()  # the one host sync, at log time
+                history = torch.cat([history, rows])
+                append_losses(losses_csv, rows.tolist())
+                speed = images_since / (time.perf_counter() - tick)
+                left = ((args.epochs - epoch - 1) * iters + iters - i - 1) * args.batch_size / speed
+                e, _, ld, lg, dx, dgz1, dgz2 = rows[-1].tolist()
+                print(f"[{epoch + 1}/{args.epochs}][{i + 1}/{iters}] Loss_D: {ld:.4f} Loss_G: {lg:.4f} "
+                      f"D(x): {dx:.4f} D(G(z)): {dgz1:.4f} / {dgz2:.4f}  {speed:,.0f} img/s  ETA {format_time(left)}",
+                      flush=True)
+                pending, tick, images_since = [], time.perf_counter(), 0
+        if bad_files and epoch == start_epoch:  # every file has been tried once by now
+            names = ", ".join(os.path.basename(paths[j]) for j in sorted(bad_files)[:5])
+            print(f"warning: skipped {len(bad_files)} unreadable image file(s): {names}"
+                  f"{', ...' if len(bad_files) > 5 else ''}", file=sys.stderr)
+            if len(bad_files) == len(paths):
+                raise UserError(f"no image under --data {args.data} could be decoded")
+        save_grid(generate(G, fixed_noise, device), os.path.join(args.out, f"epoch_{epoch + 1:03d}.png"))
+        atomic_save(G.state_dict(), args.save_g)
+        atomic_save(D.state_dict(), args.save_d)
+        atomic_save({"generator": G.state_dict(), "discriminator": D.state_dict(),
+                     "optimizer_g": opt_g.state_dict(), "optimizer_d": opt_d.state_dict(),
+                     "epoch": epoch + 1, "fixed_noise": fixed_noise, "history": history,
+                     "rng": rng_states(), "args": {k: v for k, v in vars(args).items() if k != "func"}},
+                    os.path.join(args.out, "checkpoint.pth"))
+        print(f"epoch {epoch + 1} done: {args.out}/epoch_{epoch + 1:03d}.png, {args.save_g}, "
+              f"{args.out}/checkpoint.pth")
+
+    plot_losses(history, os.path.join(args.out, "loss.png"))
+    save_progress_gif(args.out, os.path.join(args.out, "progress.gif"))
+    save_real_vs_fake(real_grid.float() / 255, generate(G, fixed_noise, device),
+                      os.path.join(args.out, "real_vs_fake.png"))
+    print(f"done: samples with `python dcgan.py sample --ckpt {args.save_g}`; plots in {args.out}/")
+
+
+def format_time(seconds):
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+# ----------------------------------------------------------------------------- sampling
+
+def load_generator(path, device):
+    """A Generator in eval mode from any generator file we accept; its shape is read from the weights."""
+    state = model_state(load_checkpoint(path), "generator", path)
+    G = Generator(**generator_config(state, path))
+    load_weights(G, state, path, "generator")
+    return G.to(device).eval()
+
+
+@torch.no_grad()
+def generate(G, z, device, chunk=256):
+    """Images in [0, 1] for latent vectors z. Eval mode: BatchNorm uses its running statistics, so
+    each image depends only on its own z, never on the other images in the batch."""
+    was_training = G.training
+    G.eval()
+    images = torch.cat([G(part.to(device)).float().cpu() for part in z.split(chunk)])
+    G.train(was_training)
+    return (images + 1) / 2
+
+
+def latent_vectors(n, nz, seed):
+    """n latent vectors drawn one at a time from one seeded generator, so vector k is the same
+    whatever n is (one big randn would lay the numbers out differently for different sizes)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.stack([torch.randn(nz, generator=g) for _ in range(n)])
+
+
+def slerp(a, b, t):
+    """Spherical interpolation: Gaussian latents live near a sphere, and straight lines between
+    them pass through the low-norm middle that G never saw in training."""
+    omega = torch.acos((a / a.norm() * b / b.norm()).sum().clamp(-1, 1))
+    if omega.abs() < 1e-6:
+        return (1 - t) * a + t * b
+    return (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
+
+
+def interpolation_latents(rows, steps, nz, seed):
+    ends = latent_vectors(2 * rows, nz, seed)
+    ts = torch.linspace(0, 1, steps) if steps > 1 else torch.zeros(1)
+    return torch.stack([slerp(ends[2 * r], ends[2 * r + 1], t) for r in range(rows) for t in ts])
+
+
+def sample(args):
+    device = choose_device(args.device)
+    seed = args.seed if args.seed is not None else random.randrange(2**31)
+    G = load_generator(args.ckpt, device)
+    nz = G.main[0].in_channels
+    if args.interpolate:
+        rows = max(1, args.n // args.interpolate)
+        images = generate(G, interpolation_latents(rows, args.interpolate, nz, seed), device)
+        nrow = args.interpolate
+    else:
+        images, nrow = generate(G, latent_vectors(args.n, nz, seed), device), args.nrow
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    save_grid(images, args.out, nrow)
+    if args.separate:
+        os.makedirs(args.separate, exist_ok=True)
+        for k, image in enumerate(images):
+            save_image(image, os.path.join(args.separate, f"{k:06d}.png"))
+    print(f"wrote {len(images)} images to {args.out}" + (f" and {args.separate}/" if args.separate else "")
+          + f" (seed {seed}; {G.main[-2].out_channels} x {images.shape[-1]}x{images.shape[-1]})")
+
+
+# ----------------------------------------------------------------------------- plots
+
+def save_grid(images, path, nrow=8):
+    """images in [0, 1], written as one grid PNG."""
+    save_image(images, path, nrow=nrow, padding=2)
+
+
+def smooth(values, window):
+    kernel = torch.ones(1, 1, window) / window
+    padded = F.pad(values.view(1, 1, -1), (window - 1, 0), mode="replicate")
+    return F.conv1d(padded, kernel).view(-1)
+
+
+def plot_losses(history, path):
+    """G and D loss per iteration (raw and smoothed) above D(x) and D(G(z)) as probabilities."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    if not len(history):
+        return
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
+    steps = torch.arange(len(history))
+    window = max(1, min(50, len(history) // 10))
+    for col, name, color in ((3, "G", "tab:blue"), (2, "D", "tab:orange")):
+        top.plot(steps, history[:, col], color=color, alpha=0.25, linewidth=0.8)
+        top.plot(steps, smooth(history[:, col], window), color=color, label=f"Loss_{name}")
+    top.set_ylabel("loss")
+    top.set_title("Generator and discriminator loss during training")
+    top.legend()
+    for col, name, color in ((4, "D(x)", "tab:green"), (5, "D(G(z))", "tab:red")):
+        bottom.plot(steps, history[:, col], color=color, alpha=0.25, linewidth=0.8)
+        bottom.plot(steps, smooth(history[:, col], window), color=color, label=name)
+    bottom.axhline(0.5, color="gray", linestyle=":", linewidth=0.8)
+    bottom.set_ylim(0, 1)
+    bottom.set_xlabel("iteration")
+    bottom.set_ylabel("D's probability 'real'")
+    bottom.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def save_progress_gif(folder, path):
+    """The epoch grids in order as an animation, the last one held a little longer."""
+    grids = sorted(Path(folder).glob("epoch_*.png"))
+    if not grids:
+        return
+    frames = [Image.open(p).convert("RGB") for p in grids]
+    durations = [500] * (len(frames) - 1) + [2000]
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=durations, loop=0)
+
+
+def save_real_vs_fake(real, fake, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(12, 6))
+    for ax, images, title in ((axes[0], real, "Real images"), (axes[1], fake, "Fake images")):
+        ax.imshow(make_grid(images[:64], nrow=8, padding=2).permute(1, 2, 0).numpy())
+        ax.set_title(title)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- main
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except OSError as e:  # disk full, permission denied while writing results
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"error: {e.strerror or e}{where}; files saved before this point are intact", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,387 @@
+"""Tests for dcgan.py: all on CPU with tiny models and images, a couple of minutes in all."""
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+from PIL import Image
+
+import dcgan
+
+HERE = Path(__file__).resolve().parent
+TINY = ["--image-size", "32", "--ngf", "8", "--ndf", "8", "--nz", "16", "--batch-size", "8",
+        "--workers", "0", "--log-every", "2", "--amp", "off"]
+
+
+def run_cli(*args, cwd=None):
+    """dcgan.py in a real subprocess, as a user runs it."""
+    return subprocess.run([sys.executable, str(HERE / "dcgan.py"), *map(str, args)],
+                          capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def run_main(*args):
+    """dcgan.main() in this process; returns the exit code (0 when it returned normally)."""
+    try:
+        dcgan.main([str(a) for a in args])
+    except SystemExit as e:
+        return e.code
+    return 0
+
+
+@pytest.fixture(scope="session")
+def faces(tmp_path_factory):
+    """48 synthetic 32x32 faces, in a nested folder like CelebA's."""
+    root = tmp_path_factory.mktemp("faces")
+    assert run_main("synth", "--out", root / "img_align_celeba", "--n", 48, "--size", 32) == 0
+    return root
+
+
+@pytest.fixture(scope="session")
+def trained(faces, tmp_path_factory):
+    """A 2-epoch run through the command line, shared by the tests that inspect its outputs."""
+    out = tmp_path_factory.mktemp("run")
+    result = run_cli("train", "--data", faces, "--out", out, "--epochs", 2, *TINY,
+                     "--save-g", out / "g.pth", "--save-d", out / "d.pth")
+    assert result.returncode == 0, result.stderr
+    return out, result
+
+
+# ----------------------------------------------------------------------------- models
+
+@pytest.mark.parametrize("size", [32, 64, 128])
+def test_generator_and_discriminator_shapes(size):
+    G, D = dcgan.Generator(nz=100, ngf=8, image_size=size), dcgan.Discriminator(ndf=8, image_size=size)
+    images = G(torch.randn(3, 100))
+    assert images.shape == (3, 3, size, size)
+    assert images.min() >= -1 and images.max() <= 1  # Tanh output, the range of the real images
+    assert D(images).shape == (3,)  # one logit per image
+
+
+def test_init_weights_follows_dcgan_statistics():
+    torch.manual_seed(0)
+    G = dcgan.Generator()
+    G.apply(dcgan.init_weights)
+    conv = torch.cat([m.weight.flatten() for m in G.modules() if isinstance(m, nn.ConvTranspose2d)])
+    bn_w = torch.cat([m.weight for m in G.modules() if isinstance(m, nn.BatchNorm2d)])
+    bn_b = torch.cat([m.bias for m in G.modules() if isinstance(m, nn.BatchNorm2d)])
+    assert abs(conv.mean()) < 1e-3 and abs(conv.std() - 0.02) < 1e-3
+    assert abs(bn_w.mean() - 1) < 5e-3 and abs(bn_w.std() - 0.02) < 5e-3
+    assert torch.all(bn_b == 0)
+
+
+# The layer shapes of the PyTorch DCGAN tutorial / pytorch/examples at 64x64 (nz=100, ngf=ndf=64).
+TUTORIAL_G = {"main.0.weight": (100, 512, 4, 4), "main.1.weight": (512,), "main.3.weight": (512, 256, 4, 4),
+              "main.4.weight": (256,), "main.6.weight": (256, 128, 4, 4), "main.7.weight": (128,),
+              "main.9.weight": (128, 64, 4, 4), "main.10.weight": (64,), "main.12.weight": (64, 3, 4, 4)}
+TUTORIAL_D = {"main.0.weight": (64, 3, 4, 4), "main.2.weight": (128, 64, 4, 4), "main.3.weight": (128,),
+              "main.5.weight": (256, 128, 4, 4), "main.6.weight": (256,), "main.8.weight": (512, 256, 4, 4),
+              "main.9.weight": (512,), "main.11.weight": (1, 512, 4, 4)}
+
+
+def test_state_dict_layout_matches_the_tutorial():
+    for model, expected in ((dcgan.Generator(), TUTORIAL_G), (dcgan.Discriminator(), TUTORIAL_D)):
+        shapes = {k: tuple(v.shape) for k, v in model.state_dict().items() if k.endswith(".weight")}
+        assert shapes == expected
+        # BatchNorm buffers sit at the same indices as their weights
+        bn = {k.rsplit(".", 1)[0] for k in model.state_dict() if k.endswith("running_mean")}
+        assert bn == {k.rsplit(".", 1)[0] for k, v in expected.items() if len(v) == 1}
+
+
+def test_tutorial_discriminator_with_sigmoid_loads_our_weights():
+    """The tutorial's D ends in nn.Sigmoid(); ours returns logits. Same keys, same probabilities."""
+    ours = dcgan.Discriminator(ndf=8).eval()
+    theirs = nn.Sequential(*list(ours.main), nn.Sigmoid())
+    wrapper = nn.Module()
+    wrapper.main = theirs
+    wrapper.load_state_dict(dcgan.Discriminator(ndf=8).state_dict())  # keys match with the Sigmoid
+    wrapper.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    assert torch.allclose(torch.sigmoid(ours(x)), theirs(x).view(-1))
+
+
+# ----------------------------------------------------------------------------- data
+
+def test_find_images_recurses_and_filters_by_extension(tmp_path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    for name in ["a/x.JPG", "a/b/y.png", "z.webp", "w.jpeg", "v.bmp", "notes.txt", "list_attr.csv"]:
+        Image.new("RGB", (8, 8)).save(tmp_path / "tmp.png")
+        os.replace(tmp_path / "tmp.png", tmp_path / name)
+    found = [Path(p).name for p in dcgan.find_images(str(tmp_path))]
+    assert sorted(found) == ["v.bmp", "w.jpeg", "x.JPG", "y.png", "z.webp"]
+
+
+def test_load_image_resizes_crops_and_converts_to_rgb(tmp_path):
+    Image.new("L", (100, 60), 128).save(tmp_path / "gray.png")
+    Image.new("RGBA", (40, 90), (255, 0, 0, 10)).save(tmp_path / "rgba.png")
+    for name in ("gray.png", "rgba.png"):
+        image = dcgan.load_image(str(tmp_path / name), 32)
+        assert image.shape == (3, 32, 32) and image.dtype == torch.uint8
+    assert dcgan.load_image(str(tmp_path / "rgba.png"), 32)[:, 16, 16].tolist() == [255, 0, 0]
+    real = dcgan.to_model_input(dcgan.load_image(str(tmp_path / "gray.png"), 32)[None], torch.device("cpu"))
+    assert real.dtype == torch.float32 and abs(real.mean().item() - (128 / 127.5 - 1)) < 1e-6
+
+
+def test_epoch_batches_shuffle_per_epoch_and_drop_the_partial_batch():
+    first, again, second = (dcgan.epoch_batches(50, 8, 1, e) for e in (0, 0, 1))
+    assert first == again and first != second
+    assert len(first) == 6 and all(len(b) == 8 for b in first)
+    flat = sum(first, [])
+    assert len(set(flat)) == 48 and set(flat) <= set(range(50))
+
+
+def test_synth_draws_varied_faces(faces):
+    paths = dcgan.find_images(str(faces))
+    assert len(paths) == 48
+    images = torch.stack([dcgan.load_image(p, 32) for p in paths[:8]]).float()
+    assert images.std(0).mean() > 10  # not the same picture eight times
+
+
+# ----------------------------------------------------------------------------- training
+
+def test_train_step_changes_weights_and_gives_finite_losses():
+    torch.manual_seed(0)
+    G, D = dcgan.Generator(16, 8, 3, 32), dcgan.Discriminator(8, 3, 32)
+    G.apply(dcgan.init_weights)
+    D.apply(dcgan.init_weights)
+    before = [p.clone() for p in (*G.parameters(), *D.parameters())]
+    opt_g, opt_d = (torch.optim.Adam(m.parameters(), 2e-4, betas=(0.5, 0.999)) for m in (G, D))
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    stats = dcgan.train_step(G, D, opt_g, opt_d, scaler, torch.rand(8, 3, 32, 32) * 2 - 1, 16, None)
+    assert stats.shape == (5,) and torch.isfinite(stats).all()
+    assert ((stats[2:] >= 0) & (stats[2:] <= 1)).all()  # D(x), D(G(z)) are probabilities
+    after = list(G.parameters()) + list(D.parameters())
+    assert all(not torch.equal(a, b) for a, b in zip(before, after))
+    assert all(p.requires_grad for p in D.parameters())  # the G step gives D its gradients back
+
+
+def test_train_step_in_bf16_autocast_is_finite():
+    G, D = dcgan.Generator(16, 8, 3, 32), dcgan.Discriminator(8, 3, 32)
+    opt_g, opt_d = (torch.optim.Adam(m.parameters(), 2e-4, betas=(0.5, 0.999)) for m in (G, D))
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    stats = dcgan.train_step(G, D, opt_g, opt_d, scaler, torch.rand(8, 3, 32, 32) * 2 - 1, 16, torch.bfloat16)
+    assert torch.isfinite(stats).all()
+
+
+def test_training_run_writes_every_output(trained):
+    out, result = trained
+    for name in ["real_samples.png", "epoch_001.png", "epoch_002.png", "losses.csv", "checkpoint.pth",
+                 "g.pth", "d.pth", "loss.png", "progress.gif", "real_vs_fake.png"]:
+        assert (out / name).stat().st_size > 0, name
+    assert not list(out.glob("*.tmp"))
+    assert Image.open(out / "epoch_001.png").size == (8 * 32 + 9 * 2,) * 2  # 8x8 grid, 2px padding
+    assert Image.open(out / "progress.gif").n_frames == 2
+    lines = (out / "losses.csv").read_text().splitlines()
+    assert lines[0] == "epoch,iter,loss_d,loss_g,d_x,d_g_z1,d_g_z2"
+    assert len(lines) == 1 + 2 * 6  # 48 images / batch 8 = 6 iterations per epoch
+    assert "[1/2][2/6] Loss_D:" in result.stdout and "img/s" in result.stdout and "ETA" in result.stdout
+
+
+def test_checkpoint_holds_everything_to_resume(trained):
+    out, _ = trained
+    ckpt = torch.load(out / "checkpoint.pth", weights_only=True)
+    assert {"generator", "discriminator", "optimizer_g", "optimizer_d", "epoch", "fixed_noise",
+            "history", "rng", "args"} <= set(ckpt)
+    assert ckpt["epoch"] == 2 and ckpt["fixed_noise"].shape == (64, 16) and ckpt["history"].shape == (12, 7)
+    plain = torch.load(out / "g.pth", weights_only=True)
+    assert all(torch.equal(plain[k], ckpt["generator"][k]) for k in plain)
+
+
+def test_resume_continues_to_the_requested_epochs(trained, faces, tmp_path):
+    out, _ = trained
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    (resumed / "checkpoint.pth").write_bytes((out / "checkpoint.pth").read_bytes())
+    # architecture flags left at their defaults are taken from the checkpoint
+    code = run_main("train", "--data", faces, "--out", resumed, "--epochs", 3, "--batch-size", 8,
+                    "--workers", 0, "--amp", "off", "--resume", resumed / "checkpoint.pth",
+                    "--save-g", resumed / "g.pth", "--save-d", resumed / "d.pth")
+    assert code == 0
+    ckpt = torch.load(resumed / "checkpoint.pth", weights_only=True)
+    assert ckpt["epoch"] == 3 and ckpt["history"].shape == (18, 7)
+    before = torch.load(out / "checkpoint.pth", weights_only=True)
+    assert torch.equal(ckpt["fixed_noise"], before["fixed_noise"])
+    assert torch.equal(ckpt["history"][:12], before["history"])
+    assert len((resumed / "losses.csv").read_text().splitlines()) == 1 + 18
+    assert (resumed / "epoch_003.png").exists() and not (resumed / "epoch_001.png").exists()
+
+
+def test_resume_with_contradicting_architecture_flags_is_refused(trained, faces, capsys):
+    out, _ = trained
+    code = run_main("train", "--data", faces, "--out", out, "--epochs", 3, "--ngf", 16,
+                    "--resume", out / "checkpoint.pth")
+    assert code == 2
+    assert "--ngf 16 (checkpoint: 8)" in capsys.readouterr().err
+
+
+def test_init_g_and_init_d_start_from_saved_weights(trained, faces, tmp_path):
+    out, _ = trained
+    code = run_main("train", "--data", faces, "--out", tmp_path, "--epochs", 1, *TINY,
+                    "--init-g", out / "g.pth", "--init-d", out / "checkpoint.pth",
+                    "--save-g", tmp_path / "g.pth", "--save-d", tmp_path / "d.pth")
+    assert code == 0
+    assert torch.load(tmp_path / "checkpoint.pth", weights_only=True)["history"].shape == (6, 7)
+
+
+# ----------------------------------------------------------------------------- sampling
+
+def test_sample_writes_grid_separate_images_and_interpolation(trained, tmp_path):
+    out, _ = trained
+    result = run_cli("sample", "--ckpt", out / "g.pth", "--n", 10, "--nrow", 5, "--seed", 3,
+                     "--out", tmp_path / "grid.png", "--separate", tmp_path / "each")
+    assert result.returncode == 0, result.stderr
+    assert Image.open(tmp_path / "grid.png").size == (5 * 32 + 6 * 2, 2 * 32 + 3 * 2)
+    each = sorted((tmp_path / "each").glob("*.png"))
+    assert len(each) == 10 and Image.open(each[0]).size == (32, 32)
+    assert run_main("sample", "--ckpt", out / "g.pth", "--n", 12, "--interpolate", 6, "--seed", 1,
+                    "--out", tmp_path / "interp.png") == 0
+    assert Image.open(tmp_path / "interp.png").size == (6 * 32 + 7 * 2, 2 * 32 + 3 * 2)
+
+
+def test_image_k_does_not_depend_on_n(trained, tmp_path):
+    out, _ = trained
+    for n in (1, 5):
+        assert run_main("sample", "--ckpt", out / "g.pth", "--n", n, "--seed", 7, "--out",
+                        tmp_path / f"n{n}.png", "--separate", tmp_path / f"n{n}") == 0
+    first_alone = Image.open(tmp_path / "n1" / "000000.png").tobytes()
+    assert first_alone == Image.open(tmp_path / "n5" / "000000.png").tobytes()
+    assert first_alone != Image.open(tmp_path / "n5" / "000001.png").tobytes()
+
+
+def test_slerp_keeps_endpoints_and_norm():
+    a, b = torch.randn(100), torch.randn(100)
+    assert torch.allclose(dcgan.slerp(a, b, torch.tensor(0.0)), a, atol=1e-5)
+    assert torch.allclose(dcgan.slerp(a, b, torch.tensor(1.0)), b, atol=1e-5)
+    middle = dcgan.slerp(a, b, torch.tensor(0.5))
+    assert middle.norm() > 0.9 * min(a.norm(), b.norm())  # a straight line would sag to ~0.7
+
+
+@pytest.mark.parametrize("prefix", ["module.", "_orig_mod.", "module._orig_mod."])
+def test_sample_loads_wrapped_state_dicts(trained, tmp_path, prefix):
+    out, _ = trained
+    state = torch.load(out / "g.pth", weights_only=True)
+    torch.save({prefix + k: v for k, v in state.items()}, tmp_path / "wrapped.pth")
+    G = dcgan.load_generator(str(tmp_path / "wrapped.pth"), torch.device("cpu"))
+    assert not G.training and G.main[0].in_channels == 16
+    assert dcgan.generator_config(state, "g.pth") == dict(nz=16, ngf=8, nc=3, image_size=32)
+
+
+def test_sample_accepts_the_training_checkpoint(trained, tmp_path):
+    out, _ = trained
+    assert run_main("sample", "--ckpt", out / "checkpoint.pth", "--n", 4, "--seed", 0,
+                    "--out", tmp_path / "s.png") == 0
+
+
+# ----------------------------------------------------------------------------- errors
+
+class RunsCode:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+@pytest.mark.parametrize("how", ["torch.save", "pickle"])
+def test_a_pickle_that_runs_code_is_refused(tmp_path, capsys, how):
+    path = tmp_path / "evil.pth"
+    if how == "torch.save":
+        torch.save({"main.0.weight": RunsCode()}, path)
+    else:
+        path.write_bytes(pickle.dumps({"main.0.weight": RunsCode()}, protocol=4))
+    assert run_main("sample", "--ckpt", path, "--out", tmp_path / "x.png") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: refusing") and "could run code" in err
+    assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "not found"),
+    (b"hello, I am text\n", "not a readable PyTorch checkpoint"),
+    ("truncated", "not a readable PyTorch checkpoint: truncated"),
+    ({"weights": [1, 2, 3]}, "not a DCGAN state_dict"),
+    ("discriminator", "looks like a discriminator"),
+])
+def test_bad_checkpoints_give_one_clear_line(trained, tmp_path, capsys, content, message):
+    out, _ = trained
+    path = tmp_path / "bad.pth"
+    if content == "truncated":
+        path.write_bytes((out / "g.pth").read_bytes()[:3000])
+    elif content == "discriminator":
+        path.write_bytes((out / "d.pth").read_bytes())
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        torch.save(content, path)
+    assert run_main("sample", "--ckpt", path, "--out", tmp_path / "x.png") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_init_g_with_mismatched_shapes_is_one_clear_line(trained, faces, tmp_path, capsys):
+    out, _ = trained
+    code = run_main("train", "--data", faces, "--out", tmp_path, "--epochs", 1, *TINY[:-6],
+                    "--image-size", "64", "--init-g", out / "g.pth")
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "does not fit this generator" in err and len(err.strip().splitlines()) == 1
+
+
+def test_missing_and_empty_data_exit_2_without_traceback(tmp_path):
+    result = run_cli("train", "--data", tmp_path / "nope", "--out", tmp_path / "out")
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: --data") and "make download" in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "readme.txt").write_text("no images here")
+    assert run_main("train", "--data", tmp_path / "empty", "--out", tmp_path / "out") == 2
+
+
+def test_corrupt_images_are_skipped_with_one_warning(faces, tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    for p in dcgan.find_images(str(faces))[:16]:
+        (data / Path(p).name).write_bytes(Path(p).read_bytes())
+    (data / "empty.jpg").write_bytes(b"")
+    (data / "text.jpg").write_text("not an image")
+    (data / "cut.jpg").write_bytes((data / "face_000000.jpg").read_bytes()[:200])
+    code = run_main("train", "--data", data, "--out", tmp_path / "out", "--epochs", 2, *TINY,
+                    "--save-g", tmp_path / "g.pth", "--save-d", tmp_path / "d.pth")
+    assert code == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "skipped 3 unreadable" in warnings[0] and "text.jpg" in warnings[0]
+
+
+def test_only_bad_files_is_a_clear_error(tmp_path, capsys):
+    for i in range(10):
+        (tmp_path / f"{i}.jpg").write_text("not an image")
+    code = run_main("train", "--data", tmp_path, "--out", tmp_path / "out", *TINY)
+    assert code == 2 and "could be decoded" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--image-size", "48"], "48 is not one of 32, 64, 128, 256"),
+    (["--batch-size", "0"], "must be at least 1"),
+    (["--lr", "-1"], "must be greater than 0"),
+])
+def test_bad_flag_values_are_argparse_errors(flags, message, capsys):
+    assert run_main("train", *flags) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_unwritable_out_is_reported_before_training(faces, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where --out wants a folder")
+    assert run_main("train", "--data", faces, "--out", blocker / "out", *TINY) == 2
+    assert "cannot write to --out" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- workflow
+
+def test_ci_runs_the_makefile_test_target():
+    assert "make test" in (HERE / ".ci" / "run").read_text()
+    makefile = (HERE / "Makefile").read_text()
+    assert "\ntest:" in makefile and "-m pytest" in makefile
+    listed = subprocess.run(["make", "-s", "help"], cwd=HERE, capture_output=True, text=True).stdout
+    for target in ("install", "demo", "download", "train", "sample", "test", "clean"):
+        assert f"make {target}" in listed
