@@ -199,7 +199,8 @@ def first_good_images(dataset, order, count):
 def draw_synthetic_face(rng, size):
     """A cartoon face with random skin, hair, eyes, mouth and background, drawn at 4x and downsampled."""
     s = size * 4
-    top, bottom = [tuple(rng.randint(20, 235) for _ in range(3)) for _ in range(2)]
+    top = tuple(rng.randint(40, 220) for _ in range(3))  # muted backdrops, like a photo studio
+    bottom = tuple(max(0, min(255, c + rng.randint(-50, 50))) for c in top)
     img = Image.new("RGB", (1, 2))  # a two-pixel image stretched into a vertical gradient
     img.putpixel((0, 0), top)
     img.putpixel((0, 1), bottom)
@@ -244,11 +245,16 @@ def draw_synthetic_face(rng, size):
 
 
 def synth(args):
-    """Write a procedural face dataset, so the whole workflow runs without a download."""
-    os.makedirs(args.out, exist_ok=True)
+    """Write a procedural face dataset, so the whole workflow runs without a download. The faces go
+    to a temporary folder renamed at the end, so an interrupted run never leaves a partial dataset."""
+    if os.path.exists(args.out):
+        raise UserError(f"{args.out} already exists: delete it or choose another --out")
+    partial = args.out.rstrip("/") + ".partial"
+    os.makedirs(partial, exist_ok=True)
     for i in range(args.n):
         face = draw_synthetic_face(random.Random(args.seed * 1_000_003 + i), args.size)
-        face.save(os.path.join(args.out, f"face_{i:06d}.jpg"), quality=95)
+        face.save(os.path.join(partial, f"face_{i:06d}.jpg"), quality=95)
+    os.replace(partial, args.out)
     print(f"wrote {args.n} synthetic {args.size}x{args.size} faces to {args.out}/")
 
 
@@ -690,7 +696,7 @@ def sample(args):
         for k, image in enumerate(images):
             save_image(image, os.path.join(args.separate, f"{k:06d}.png"))
     print(f"wrote {len(images)} images to {args.out}" + (f" and {args.separate}/" if args.separate else "")
-          + f" (seed {seed}; {G.main[-2].out_channels} x {images.shape[-1]}x{images.shape[-1]})")
+          + f" ({images.shape[-1]}x{images.shape[-1]}, seed {seed})")
 
 
 # ----------------------------------------------------------------------------- plots
