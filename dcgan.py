@@ -16,7 +16,9 @@ import math
 import os
 import pickle
 import random
+import signal
 import sys
+import warnings
 import time
 from pathlib import Path
 
@@ -122,7 +124,7 @@ def build_parser():
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 # What PIL raises for a broken, truncated, oversized or non-image file.
-IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning)
 
 
 def find_images(root):
@@ -139,9 +141,14 @@ def find_images(root):
 
 def load_image(path, size):
     """Decode one file as in the DCGAN tutorial: Resize(size) + CenterCrop(size), RGB, uint8 [3, size, size]."""
-    with Image.open(path) as img:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)  # skip giant images, don't decode them
+        img = Image.open(path)
+    with img:
         img.draft("RGB", (size, size))  # JPEG: let libjpeg decode at a reduced scale (2-4x faster)
-        img = img.convert("RGB")
+        if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):  # 16-bit grey: keep the top 8 bits
+            img = img.convert("I").point(lambda v: v / 256).convert("L")
+        img = img.convert("RGBA").convert("RGB") if img.mode == "P" else img.convert("RGB")
         img = TF.center_crop(TF.resize(img, size, antialias=True), size)
     return TF.pil_to_tensor(img)
 
@@ -172,8 +179,18 @@ def epoch_batches(n, batch_size, seed, epoch):
 
 
 def make_loader(dataset, batches, workers, device):
+    # Its own torch.Generator: otherwise every new loader draws a seed from the global RNG, and a
+    # run resumed mid-epoch would draw its noise one number off from the uninterrupted run.
     return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=workers,
-                                       pin_memory=device.type == "cuda")
+                                       pin_memory=device.type == "cuda", generator=torch.Generator(),
+                                       worker_init_fn=leave_signals_to_main)
+
+
+def leave_signals_to_main(worker_id):
+    """Ctrl-C and SIGTERM reach every process of the group; the workers ignore them and let the
+    main process stop cleanly (see stop_requests)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def to_model_input(images, device):
@@ -468,8 +485,8 @@ def append_losses(path, rows):
 
 
 def atomic_save(obj, path):
-    """torch.save to a temporary file, then rename: a crash mid-write never leaves a broken file,
-    and a failed write (disk full) leaves the previous file untouched."""
+    """torch.save to a temporary file, then rename: a crash or kill -9 mid-write never leaves a
+    broken file, and a failed write (disk full) leaves the previous file as it was."""
     tmp = f"{path}.tmp"
     try:
         with open(tmp, "wb") as f:
@@ -477,15 +494,24 @@ def atomic_save(obj, path):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, OSError):
+            raise UserError(f"could not write {path}: {e.strerror or e}; the previous {os.path.basename(path)} "
+                            "is intact. Free some disk space (or choose another --out) and --resume") from None
         raise
 
 
-def rng_states():
-    return {"torch": torch.get_rng_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+def save_checkpoint(path, G, D, opt_g, opt_d, fixed_noise, history, epoch, step, args):
+    """Everything a resumed run needs to continue exactly: `epoch` epochs done plus `step` batches
+    of the next one (0 at an epoch boundary)."""
+    atomic_save({"generator": G.state_dict(), "discriminator": D.state_dict(),
+                 "optimizer_g": opt_g.state_dict(), "optimizer_d": opt_d.state_dict(),
+                 "epoch": epoch, "step": step, "fixed_noise": fixed_noise, "history": history,
+                 "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
+                         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+                 "args": {k: v for k, v in vars(args).items() if k != "func"}}, path)
 
 
 def restore_rng_states(states):
@@ -507,7 +533,8 @@ def match_checkpoint_args(args, saved):
             else:
                 conflicts.append(f"--{name.replace('_', '-')} {mine} (checkpoint: {theirs})")
     if conflicts:
-        raise UserError("--resume checkpoint was trained with other settings: " + ", ".join(conflicts))
+        raise UserError("--resume checkpoint was trained with other settings: " + ", ".join(conflicts)
+                        + "; drop these flags or start a new run")
 
 
 def check_writable(folder):
@@ -519,6 +546,40 @@ def check_writable(folder):
         os.remove(probe)
     except OSError as e:
         raise UserError(f"cannot write to --out {folder}: {e.strerror}; choose another --out") from None
+
+
+def record_losses(pending, history, path, checkpoint):
+    """Move the pending per-step numbers to the host (the one sync, at log time), refuse to go on
+    if any is NaN or infinite, and append them to losses.csv and the history."""
+    rows = torch.stack(pending).cpu()
+    finite = torch.isfinite(rows).all(1)
+    if not finite.all():
+        epoch, it = rows[~finite][0, :2].long().tolist()
+        raise UserError(f"training diverged: a loss became NaN/inf at epoch {epoch + 1}, iteration {it + 1}. "
+                        f"Nothing after it was saved; {checkpoint} (if any) is the last good state: "
+                        "--resume it with a lower --lr (e.g. --lr 1e-4)")
+    append_losses(path, rows.tolist())
+    return torch.cat([history, rows])
+
+
+def stop_requests():
+    """Ctrl-C and SIGTERM (Colab, Slurm, `kill`) only ask the loop to stop: it finishes the step in
+    flight, saves a checkpoint and exits. A second Ctrl-C stops at once."""
+    received = []
+
+    def on_signal(signum, frame):
+        if received and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        received.append(signum)
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    return received, previous
+
+
+def resume_command(args, checkpoint):
+    flags = [f"--data {args.data}", f"--out {args.out}", f"--epochs {args.epochs}"]
+    flags += [f"--save-{m} {getattr(args, 'save_' + m)}" for m in "gd"
+              if getattr(args, "save_" + m) != f"DCGAN_celeba_{m}.pth"]
+    return f"python dcgan.py train --resume {checkpoint} " + " ".join(flags)
 
 
 def train(args):
@@ -557,14 +618,17 @@ def train(args):
     # One fixed batch of 64 latent vectors for the epoch grids, so the progress of the same "faces"
     # can be followed across epochs (and across a resume, since it is saved in the checkpoint).
     fixed_noise = torch.randn(64, args.nz, generator=torch.Generator().manual_seed(args.seed))
-    history, start_epoch = torch.zeros(0, len(LOSS_COLUMNS)), 0
-    losses_csv = os.path.join(args.out, "losses.csv")
+    history, start_epoch, start_step = torch.zeros(0, len(LOSS_COLUMNS)), 0, 0
+    losses_csv, checkpoint = os.path.join(args.out, "losses.csv"), os.path.join(args.out, "checkpoint.pth")
     if resume is not None:
         load_weights(G, model_state(resume, "generator", args.resume), args.resume, "generator")
         load_weights(D, model_state(resume, "discriminator", args.resume), args.resume, "discriminator")
-        opt_g.load_state_dict(resume["optimizer_g"])
-        opt_d.load_state_dict(resume["optimizer_d"])
-        fixed_noise, history, start_epoch = resume["fixed_noise"], resume["history"], resume["epoch"]
+        for opt, key in ((opt_g, "optimizer_g"), (opt_d, "optimizer_d")):
+            opt.load_state_dict(resume[key])
+            for group in opt.param_groups:  # a new --lr / --beta1 on resume wins over the saved one
+                group["lr"], group["betas"] = args.lr, (args.beta1, 0.999)
+        fixed_noise, history = resume["fixed_noise"], resume["history"]
+        start_epoch, start_step = resume["epoch"], resume.get("step", 0)
         restore_rng_states(resume["rng"])
         if start_epoch >= args.epochs:
             raise UserError(f"{args.resume} has already done {start_epoch} epochs: pass --epochs above {start_epoch}")
@@ -574,54 +638,55 @@ def train(args):
         append_losses(losses_csv, history.tolist())
 
     dataset = ImageFiles(paths, args.image_size)
-    real_grid = first_good_images(dataset, epoch_batches(len(dataset), args.batch_size, args.seed, 0)[0], 64)
+    first_epoch = epoch_batches(len(dataset), args.batch_size, args.seed, 0)
+    real_grid = first_good_images(dataset, (i for batch in first_epoch for i in batch), 64)
     save_grid(real_grid.float() / 255, os.path.join(args.out, "real_samples.png"))
     n_params = sum(p.numel() for p in G.parameters()), sum(p.numel() for p in D.parameters())
     print(f"{len(paths)} images in {args.data} | {args.image_size}x{args.image_size} | device {device} | "
           f"amp {str(amp_dtype).replace('torch.', '') if amp_dtype else 'off'} | G {n_params[0]:,} params, "
           f"D {n_params[1]:,} params | epochs {start_epoch + 1}-{args.epochs} of batch {args.batch_size}")
 
-    bad_files = set()
-    iters = len(paths) // args.batch_size
-    for epoch in range(start_epoch, args.epochs):
-        batches = epoch_batches(len(dataset), args.batch_size, args.seed, epoch)
-        pending, tick, images_since = [], time.perf_counter(), 0
-        for i, (images, ok, index) in enumerate(make_loader(dataset, batches, args.workers, device)):
-            if not ok.all():
-                bad_files.update(index[~ok].tolist())
-                images = images[ok]
-                if len(images) < 2:  # BatchNorm needs at least two samples
-                    continue
-            stats = train_step(G, D, opt_g, opt_d, scaler, to_model_input(images, device), args.nz, amp_dtype)
-            pending.append(torch.cat([torch.tensor([epoch, i], device=device, dtype=stats.dtype), stats]))
-            images_since += len(images)
-            if (i + 1) % args.log_every == 0 or i + 1 == iters:
-                rows = torch.stack(pending).cpu()  # the one host sync, at log time
-                history = torch.cat([history, rows])
-                append_losses(losses_csv, rows.tolist())
-                speed = images_since / (time.perf_counter() - tick)
-                left = ((args.epochs - epoch - 1) * iters + iters - i - 1) * args.batch_size / speed
-                e, _, ld, lg, dx, dgz1, dgz2 = rows[-1].tolist()
-                print(f"[{epoch + 1}/{args.epochs}][{i + 1}/{iters}] Loss_D: {ld:.4f} Loss_G: {lg:.4f} "
-                      f"D(x): {dx:.4f} D(G(z)): {dgz1:.4f} / {dgz2:.4f}  {speed:,.0f} img/s  ETA {format_time(left)}",
-                      flush=True)
-                pending, tick, images_since = [], time.perf_counter(), 0
-        if bad_files and epoch == start_epoch:  # every file has been tried once by now
-            names = ", ".join(os.path.basename(paths[j]) for j in sorted(bad_files)[:5])
-            print(f"warning: skipped {len(bad_files)} unreadable image file(s): {names}"
-                  f"{', ...' if len(bad_files) > 5 else ''}", file=sys.stderr)
-            if len(bad_files) == len(paths):
-                raise UserError(f"no image under --data {args.data} could be decoded")
-        save_grid(generate(G, fixed_noise, device), os.path.join(args.out, f"epoch_{epoch + 1:03d}.png"))
-        atomic_save(G.state_dict(), args.save_g)
-        atomic_save(D.state_dict(), args.save_d)
-        atomic_save({"generator": G.state_dict(), "discriminator": D.state_dict(),
-                     "optimizer_g": opt_g.state_dict(), "optimizer_d": opt_d.state_dict(),
-                     "epoch": epoch + 1, "fixed_noise": fixed_noise, "history": history,
-                     "rng": rng_states(), "args": {k: v for k, v in vars(args).items() if k != "func"}},
-                    os.path.join(args.out, "checkpoint.pth"))
-        print(f"epoch {epoch + 1} done: {args.out}/epoch_{epoch + 1:03d}.png, {args.save_g}, "
-              f"{args.out}/checkpoint.pth")
+    bad_files, iters = set(), len(paths) // args.batch_size
+    stop, previous_handlers = stop_requests()
+    try:
+        for epoch in range(start_epoch, args.epochs):
+            first = start_step if epoch == start_epoch else 0  # mid-epoch resume skips the batches done
+            batches = epoch_batches(len(dataset), args.batch_size, args.seed, epoch)[first:]
+            pending, tick, seen = [], time.perf_counter(), 0
+            for i, (images, ok, index) in enumerate(make_loader(dataset, batches, args.workers, device), first):
+                if not ok.all():
+                    bad_files.update(index[~ok].tolist())
+                    images = images[ok]
+                if len(images) >= 2:  # BatchNorm needs at least two samples
+                    stats = train_step(G, D, opt_g, opt_d, scaler, to_model_input(images, device), args.nz, amp_dtype)
+                    pending.append(torch.cat([torch.tensor([epoch, i], device=device, dtype=stats.dtype), stats]))
+                    seen += len(images)
+                if pending and ((i + 1) % args.log_every == 0 or i + 1 == iters or stop):
+                    history = record_losses(pending, history, losses_csv, checkpoint)
+                    speed = seen / (time.perf_counter() - tick)
+                    left = ((args.epochs - epoch) * iters - i - 1) * args.batch_size / speed
+                    _, _, ld, lg, dx, dgz1, dgz2 = history[-1].tolist()
+                    print(f"[{epoch + 1}/{args.epochs}][{i + 1}/{iters}] Loss_D: {ld:.4f} Loss_G: {lg:.4f} "
+                          f"D(x): {dx:.4f} D(G(z)): {dgz1:.4f} / {dgz2:.4f}  {speed:,.0f} img/s  "
+                          f"ETA {format_time(left)}", flush=True)
+                    pending, tick, seen = [], time.perf_counter(), 0
+                if stop:
+                    save_checkpoint(checkpoint, G, D, opt_g, opt_d, fixed_noise, history, epoch, i + 1, args)
+                    print(f"stopped by {signal.Signals(stop[0]).name} at epoch {epoch + 1}, iteration {i + 1}; "
+                          f"saved {checkpoint}. Resume with: {resume_command(args, checkpoint)}", flush=True)
+                    sys.exit(128 + stop[0])
+            if bad_files and epoch == start_epoch:  # every file has been tried once by now
+                names = ", ".join(os.path.basename(paths[j]) for j in sorted(bad_files)[:5])
+                print(f"warning: skipped {len(bad_files)} unreadable image file(s): {names}"
+                      f"{', ...' if len(bad_files) > 5 else ''}", file=sys.stderr)
+            save_grid(generate(G, fixed_noise, device), os.path.join(args.out, f"epoch_{epoch + 1:03d}.png"))
+            atomic_save(G.state_dict(), args.save_g)
+            atomic_save(D.state_dict(), args.save_d)
+            save_checkpoint(checkpoint, G, D, opt_g, opt_d, fixed_noise, history, epoch + 1, 0, args)
+            print(f"epoch {epoch + 1} done: {args.out}/epoch_{epoch + 1:03d}.png, {args.save_g}, {checkpoint}")
+    finally:
+        for signum, handler in previous_handlers.items():
+            signal.signal(signum, handler)
 
     plot_losses(history, os.path.join(args.out, "loss.png"))
     save_progress_gif(args.out, os.path.join(args.out, "progress.gif"))
