@@ -14,7 +14,7 @@ else
 ENV  :=
 endif
 
-.PHONY: help install demo download train sample test clean
+.PHONY: help install demo download train sample bench test clean
 
 help:  ## list the targets
 	@echo "make install             build .venv from requirements.txt (done by every target on first use)"
@@ -22,6 +22,7 @@ help:  ## list the targets
 	@echo "make download            CelebA into datasets/extracted/ (./download_celeba.sh)"
 	@echo "make train EPOCHS=50     train on DATA=$(DATA), writing OUT=$(OUT)/ and DCGAN_celeba_{g,d}.pth"
 	@echo "make sample CKPT=...     N=$(N) faces from a generator into $(OUT)/samples.png"
+	@echo "make bench               tutorial pipeline vs dcgan.py, side by side (results/bench.json)"
 	@echo "make test                the test suite (pytest, CPU, a few minutes)"
 	@echo "make clean               remove results and caches (never the dataset or .venv)"
 	@echo "Variables: EPOCHS DATA OUT CKPT N, ARGS='--flags for dcgan.py', PY=python to skip .venv"
@@ -56,9 +57,12 @@ train: $(ENV)
 sample: $(ENV)
 	$(PY) dcgan.py sample --ckpt $(CKPT) --n $(N) --out $(OUT)/samples.png $(ARGS)
 
+bench: $(ENV)
+	$(PY) bench.py $(ARGS)
+
 test: $(ENV)
 	$(PY) -m pytest -q
 
 # Only the default folders: never $(OUT) (it could be anywhere), the dataset or the *.pth weights.
 clean:
-	rm -rf results/* datasets/synth datasets/cache .pytest_cache __pycache__
+	rm -rf results/* datasets/synth datasets/cache datasets/bench .pytest_cache __pycache__

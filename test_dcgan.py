@@ -2,6 +2,7 @@
 import errno
 import hashlib
 import io
+import json
 import os
 import pickle
 import shutil
@@ -9,6 +10,7 @@ import signal
 import struct
 import subprocess
 import sys
+import tempfile
 import zipfile
 import zlib
 from pathlib import Path
@@ -22,8 +24,9 @@ from PIL import Image
 import dcgan
 
 HERE = Path(__file__).resolve().parent
+CACHE = tempfile.mkdtemp(prefix="dcgan-test-cache-")  # never the project's datasets/cache
 TINY = ["--image-size", "32", "--ngf", "8", "--ndf", "8", "--nz", "16", "--batch-size", "8",
-        "--workers", "0", "--log-every", "2", "--amp", "off"]
+        "--workers", "0", "--log-every", "2", "--amp", "off", "--cache-dir", CACHE]
 
 
 def run_cli(*args, cwd=None):
@@ -208,7 +211,7 @@ def test_resume_continues_to_the_requested_epochs(trained, faces, tmp_path):
     resumed.mkdir()
     (resumed / "checkpoint.pth").write_bytes((out / "checkpoint.pth").read_bytes())
     # architecture flags left at their defaults are taken from the checkpoint
-    code = run_main("train", "--data", faces, "--out", resumed, "--epochs", 3, "--batch-size", 8,
+    code = run_main("train", "--data", faces, "--out", resumed, "--epochs", 3, "--batch-size", 8, "--cache-dir", CACHE,
                     "--workers", 0, "--amp", "off", "--resume", resumed / "checkpoint.pth",
                     "--save-g", resumed / "g.pth", "--save-d", resumed / "d.pth")
     assert code == 0
@@ -270,15 +273,18 @@ def test_resume_at_an_epoch_boundary_is_exact(faces, tmp_path):
     assert_same_run(straight, split, 2)
 
 
-@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_a_signal_saves_the_last_step_and_resume_continues_mid_epoch(faces, tmp_path, signum, code):
+@pytest.mark.parametrize("signum, code, data_path", [(signal.SIGINT, 130, []),
+                                                     (signal.SIGTERM, 143, ["--no-cache", "--workers", 2])])
+def test_a_signal_saves_the_last_step_and_resume_continues_mid_epoch(faces, tmp_path, signum, code, data_path):
+    """The signal goes to the whole process group, as Ctrl-C in a terminal or a scheduler sends it,
+    so DataLoader workers get it too (the --no-cache case)."""
     straight, split = tmp_path / "straight", tmp_path / "split"
-    epochs = 20
-    cmd = [sys.executable, "-u", str(HERE / "dcgan.py"), *map(str, train_args(faces, split, epochs))]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    epochs = 6
+    cmd = [sys.executable, "-u", str(HERE / "dcgan.py"), *map(str, train_args(faces, split, epochs, *data_path))]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     for line in proc.stdout:
-        if line.startswith("[2/20][3/6]"):  # mid-way through the second epoch
-            proc.send_signal(signum)
+        if line.startswith(f"[2/{epochs}][3/6]"):  # mid-way through the second epoch
+            os.killpg(proc.pid, signum)
             break
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == code, err
@@ -288,16 +294,16 @@ def test_a_signal_saves_the_last_step_and_resume_continues_mid_epoch(faces, tmp_
     ckpt = torch.load(split / "checkpoint.pth", weights_only=True)
     assert (ckpt["epoch"], ckpt["step"]) < (epochs, 0)
     assert len(ckpt["history"]) == 6 * ckpt["epoch"] + ckpt["step"]  # every finished step is kept
-    result = run_cli(*train_args(faces, split, epochs, "--resume", split / "checkpoint.pth"))
+    result = run_cli(*train_args(faces, split, epochs, "--resume", split / "checkpoint.pth", *data_path))
     assert result.returncode == 0, result.stderr
-    assert run_cli(*train_args(faces, straight, epochs)).returncode == 0
+    assert run_cli(*train_args(faces, straight, epochs, *data_path)).returncode == 0
     assert_same_run(straight, split, epochs)
 
 
 def test_kill_9_while_saving_never_leaves_a_broken_checkpoint(tmp_path):
     path = tmp_path / "checkpoint.pth"
     writer = ("import sys, torch, dcgan\n"
-              "x = torch.randn(8_000_000)\n"
+              "x = torch.randn(4_000_000)\n"
               "for i in range(1_000_000):\n"
               "    dcgan.atomic_save({'i': i, 'x': x}, sys.argv[1])\n"
               "    print(i, flush=True)\n")
@@ -308,7 +314,7 @@ def test_kill_9_while_saving_never_leaves_a_broken_checkpoint(tmp_path):
         proc.kill()  # SIGKILL: no handler, no clean-up, mid-write more often than not
         proc.wait()
         saved = torch.load(path, weights_only=True)
-        assert saved["x"].shape == (8_000_000,) and saved["i"] >= delay_lines - 1
+        assert saved["x"].shape == (4_000_000,) and saved["i"] >= delay_lines - 1
 
 
 def test_a_failed_rename_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
@@ -401,6 +407,109 @@ def test_only_bad_files_is_a_clear_error(tmp_path, capsys):
         (tmp_path / f"{i}.jpg").write_text("not an image")
     code = run_main("train", "--data", tmp_path, "--out", tmp_path / "out", *TINY)
     assert code == 2 and "none of the 10 image files" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- speed: cache, AMP, compile, bench
+
+def test_cached_and_uncached_paths_give_the_same_tensors(faces, tmp_path):
+    paths = dcgan.find_images(str(faces))
+    base = dcgan.cache_name(str(faces), paths, 32, str(tmp_path))
+    dcgan.build_cache(paths, 32, base)
+    images, meta = dcgan.load_cache(base, 32)
+    assert meta["count"] == len(paths) and images.shape == (len(paths), 3, 32, 32) and images.dtype == torch.uint8
+    assert torch.equal(images, torch.stack([dcgan.load_image(p, 32) for p in paths]))
+    dataset = dcgan.ImageFiles(paths, 32)
+    batches = dcgan.epoch_batches(len(paths), 8, 0, 0)
+    uncached = list(dcgan.classic_batches(dataset, batches, 0, torch.device("cpu"), set()))
+    cached = list(dcgan.cached_batches(images, batches, torch.device("cpu")))
+    assert all(torch.equal(a, b) for a, b in zip(uncached, cached))
+
+
+def test_the_cache_is_reused_unless_the_folder_changes(faces, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(faces, data)
+    names = lambda: dcgan.cache_name(str(data), dcgan.find_images(str(data)), 32, str(tmp_path))
+    first = names()
+    assert names() == first  # nothing changed: same cache
+    assert dcgan.cache_name(str(data), dcgan.find_images(str(data)), 64, str(tmp_path)) != first
+    added = data / "img_align_celeba" / "new.png"
+    Image.new("RGB", (40, 40)).save(added)
+    assert names() != first
+    added.unlink()
+    assert names() == first
+    changed = dcgan.find_images(str(data))[0]
+    os.utime(changed, ns=(0, 0))
+    assert names() != first
+
+
+def test_training_builds_the_cache_once_then_reuses_it(faces, tmp_path, monkeypatch, capsys):
+    cache = tmp_path / "cache"
+    args = ["train", "--data", faces, "--out", tmp_path / "out", "--epochs", 1, *TINY, "--cache-dir", cache,
+            "--save-g", tmp_path / "g.pth", "--save-d", tmp_path / "d.pth"]
+    assert run_main(*args) == 0
+    assert "decoding 48/48 images once" in capsys.readouterr().out
+    assert sorted(p.suffix for p in cache.iterdir()) == [".json", ".u8"]
+
+    def no_rebuild(*a):
+        raise AssertionError("the cache was built again")
+    monkeypatch.setattr(dcgan, "build_cache", no_rebuild)
+    assert run_main(*args) == 0
+
+
+def test_an_interrupted_cache_build_leaves_nothing_that_loads(faces, tmp_path, monkeypatch):
+    paths = dcgan.find_images(str(faces))
+    base = str(tmp_path / "cache")
+
+    def interrupted(done, total, start):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(dcgan, "report_progress", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        dcgan.build_cache(paths, 32, base)
+    assert list(tmp_path.iterdir()) == [] and dcgan.load_cache(base, 32) is None
+    (tmp_path / "cache.u8").write_bytes(b"partial")  # a data file without its JSON is ignored too
+    assert dcgan.load_cache(base, 32) is None
+
+
+def test_bf16_autocast_on_cpu_learns_on_a_tiny_set(faces):
+    torch.manual_seed(0)
+    real = dcgan.to_model_input(torch.stack([dcgan.load_image(p, 32) for p in dcgan.find_images(str(faces))[:32]]),
+                                torch.device("cpu"))
+    G, D = dcgan.Generator(16, 8, 3, 32), dcgan.Discriminator(8, 3, 32)
+    G.apply(dcgan.init_weights)
+    D.apply(dcgan.init_weights)
+    opt_g, opt_d = (torch.optim.Adam(m.parameters(), 2e-4, betas=(0.5, 0.999)) for m in (G, D))
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    stats = [dcgan.train_step(G, D, opt_g, opt_d, scaler, real, 16, torch.bfloat16) for _ in range(30)]
+    first, last = stats[0], stats[-1]
+    assert all(torch.isfinite(s).all() for s in stats)
+    assert last[0] < first[0] and last[2] > first[2]  # D learns: lower loss, D(x) up
+
+
+def test_compile_runs_a_training_step_and_saves_clean_keys(faces, tmp_path, capsys):
+    code = run_main("train", "--data", faces, "--out", tmp_path, "--epochs", 1, *TINY, "--compile",
+                    "--save-g", tmp_path / "g.pth", "--save-d", tmp_path / "d.pth")
+    assert code == 0
+    assert "compiled G and D in" in capsys.readouterr().out
+    for name in ("g.pth", "d.pth"):
+        assert not any("_orig_mod" in k for k in torch.load(tmp_path / name, weights_only=True))
+    ckpt = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
+    assert torch.isfinite(ckpt["history"]).all() and not any("_orig_mod" in k for k in ckpt["generator"])
+
+
+def test_bench_runs_both_pipelines_and_writes_every_field(faces, tmp_path):
+    out = tmp_path / "bench.json"
+    flags = ["--data", faces, "--steps", 2, "--warmup", 1, "--batch-size", 8, "--image-size", 32, "--workers", 0,
+             "--out", out]
+    result = subprocess.run([sys.executable, str(HERE / "bench.py"), *map(str, flags)],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    for side in ("baseline", "dcgan"):
+        for field in ("train_img_s", "data_img_s", "flops_per_img", "mfu", "peak_flops", "dtype"):
+            assert field in report[side], (side, field)
+        assert report[side]["train_img_s"] > 0 and report[side]["flops_per_img"] > 0
+    assert report["dcgan"]["cache_build_img_s"] > 0 and set(report["speedup"]) == {"train", "data"}
+    assert "speed-up: training" in result.stdout
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -561,7 +670,7 @@ def test_ci_runs_the_makefile_test_target():
     makefile = (HERE / "Makefile").read_text()
     assert "\ntest:" in makefile and "-m pytest" in makefile
     listed = subprocess.run(["make", "-s", "help"], cwd=HERE, capture_output=True, text=True).stdout
-    for target in ("install", "demo", "download", "train", "sample", "test", "clean"):
+    for target in ("install", "demo", "download", "train", "sample", "bench", "test", "clean"):
         assert f"make {target}" in listed
 
 

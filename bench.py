@@ -1,0 +1,263 @@
+"""Benchmark: the PyTorch DCGAN tutorial's pipeline against dcgan.py's default fast path.
+
+    python bench.py                                  # CelebA-like JPEGs generated on first use
+    python bench.py --data ../shared/celeba-10k --device cuda --steps 200
+    make bench
+
+Both run on the same images and device, after warm-up, for --steps training steps:
+- baseline: ImageFolder + DataLoader(--workers) decoding JPEGs every step, fp32, NCHW, D ending in
+  Sigmoid with BCELoss, and .item() every step for the log, as the tutorial does (written here);
+- dcgan.py: the images decoded once into the cache, batches gathered from it, bf16/fp16 autocast
+  where the device supports it, channels_last, dcgan.train_step (its own code, imported).
+For each it reports training img/s end to end, data-loading-only img/s, FLOPs per image per step
+(torch.utils.flop_counter) and model FLOP utilisation against the peak of a large matmul measured
+in the same run; then the speed-ups. Everything also goes to results/bench.json.
+"""
+import argparse
+import json
+import os
+import platform
+import random
+import tempfile
+import time
+
+import torch
+import torch.nn as nn
+import torchvision.datasets as dset
+import torchvision.transforms as transforms
+from PIL import Image
+from torch.utils.flop_counter import FlopCounterMode
+
+import dcgan
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", help="folder of images (default: generate CelebA-like 178x218 JPEGs)")
+    p.add_argument("--fake-count", type=int, default=3000, help="images to generate when --data is not given")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--steps", type=int, default=20, help="timed training steps for each pipeline")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (cuDNN autotune, compile)")
+    p.add_argument("--workers", type=int, default=2, help="the baseline's DataLoader workers (tutorial: 2)")
+    p.add_argument("--amp", default="auto", choices=["auto", "off", "bf16", "fp16"], help="dcgan.py's --amp")
+    p.add_argument("--compile", action="store_true", help="torch.compile dcgan.py's G and D")
+    p.add_argument("--out", default="results/bench.json")
+    return p.parse_args()
+
+
+def celeba_like_folder(count, folder="datasets/bench"):
+    """Synthetic faces saved as 178x218 JPEGs, the size of CelebA's aligned images, so decoding
+    costs what it costs on CelebA. Made once and reused."""
+    images = os.path.join(folder, "faces")
+    if len(os.listdir(images) if os.path.isdir(images) else []) < count:
+        os.makedirs(images, exist_ok=True)
+        print(f"generating {count} CelebA-like 178x218 JPEGs in {images}/ (once)", flush=True)
+        for i in range(count):
+            face = dcgan.draw_synthetic_face(random.Random(i), 128).resize((178, 218), Image.BICUBIC)
+            face.save(os.path.join(images, f"{i:06d}.jpg"), quality=90)
+    return folder
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_peak(device, dtype):
+    """FLOP/s of a large square matmul: the practical peak MFU is measured against."""
+    n = 8192 if device.type == "cuda" else 2048
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    best = float("inf")
+    for _ in range(5):
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(10):
+            a @ b
+        sync(device)
+        best = min(best, (time.perf_counter() - start) / 10)
+    return 2 * n**3 / best
+
+
+# ----------------------------------------------------------------------------- the tutorial's way
+
+def tutorial_loader(data, image_size, batch_size, workers):
+    """ImageFolder needs class sub-folders: a temporary folder with one link to --data gives it one."""
+    root = tempfile.mkdtemp(prefix="bench-imagefolder-")
+    os.symlink(os.path.abspath(data), os.path.join(root, "all"))
+    dataset = dset.ImageFolder(root=root, transform=transforms.Compose([
+        transforms.Resize(image_size), transforms.CenterCrop(image_size), transforms.ToTensor(),
+        transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))]))
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
+                                       drop_last=True, persistent_workers=workers > 0)
+
+
+def tutorial_models(image_size, device):
+    netG = dcgan.Generator(image_size=image_size).to(device)
+    netD = nn.Sequential(dcgan.Discriminator(image_size=image_size), nn.Sigmoid()).to(device)
+    netG.apply(dcgan.init_weights)
+    netD.apply(dcgan.init_weights)
+    return netG, netD
+
+
+def tutorial_step(netG, netD, optG, optD, criterion, real, nz=100):
+    """The tutorial's iteration: D on real then fake (separate backwards), G on the same fakes."""
+    b, device = real.size(0), real.device
+    netD.zero_grad()
+    label = torch.full((b,), 1.0, device=device)
+    output = netD(real).view(-1)
+    errD_real = criterion(output, label)
+    errD_real.backward()
+    D_x = output.mean().item()
+    fake = netG(torch.randn(b, nz, 1, 1, device=device))
+    label.fill_(0.0)
+    output = netD(fake.detach()).view(-1)
+    errD_fake = criterion(output, label)
+    errD_fake.backward()
+    optD.step()
+    netG.zero_grad()
+    label.fill_(1.0)
+    output = netD(fake).view(-1)
+    errG = criterion(output, label)
+    errG.backward()
+    optG.step()
+    return (errD_real + errD_fake).item(), errG.item(), D_x
+
+
+def run_baseline(args, device):
+    loader = tutorial_loader(args.data, args.image_size, args.batch_size, args.workers)
+    netG, netD = tutorial_models(args.image_size, device)
+    optG, optD = (torch.optim.Adam(m.parameters(), lr=2e-4, betas=(0.5, 0.999)) for m in (netG, netD))
+    criterion = nn.BCELoss()
+
+    def batches():
+        while True:
+            for real, _ in loader:
+                yield real.to(device)
+    source = batches()
+    step = lambda: tutorial_step(netG, netD, optG, optD, criterion, next(source))
+    with FlopCounterMode(display=False) as counter:
+        step()
+    result = time_training(step, args, device)
+    result["data_img_s"] = time_loading(lambda: next(source), args, device)
+    result["flops_per_img"] = counter.get_total_flops() / args.batch_size
+    result["dtype"] = "float32"
+    return result
+
+
+# ----------------------------------------------------------------------------- dcgan.py's way
+
+def run_dcgan(args, device):
+    paths = dcgan.find_images(args.data)
+    with tempfile.TemporaryDirectory(prefix="bench-cache-") as cache_dir:
+        base = dcgan.cache_name(args.data, paths, args.image_size, cache_dir)
+        start = time.perf_counter()
+        dcgan.build_cache(paths, args.image_size, base)
+        build_img_s = len(paths) / (time.perf_counter() - start)
+        images, _ = dcgan.load_cache(base, args.image_size)
+        images = dcgan.place_cache(images, device)
+        amp_dtype = dcgan.choose_amp(args.amp, device)
+        G = dcgan.Generator(image_size=args.image_size).to(device, memory_format=dcgan.memory_format(device))
+        D = dcgan.Discriminator(image_size=args.image_size).to(device, memory_format=dcgan.memory_format(device))
+        G.apply(dcgan.init_weights)
+        D.apply(dcgan.init_weights)
+        fused = device.type == "cuda"
+        opt_g, opt_d = (torch.optim.Adam(m.parameters(), lr=2e-4, betas=(0.5, 0.999), fused=fused) for m in (G, D))
+        scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+
+        def batches():
+            for epoch in range(10**9):
+                order = dcgan.epoch_batches(len(images), args.batch_size, 0, epoch)
+                for batch in dcgan.cached_batches(images, order, device):
+                    yield dcgan.to_model_input(batch, device)
+        source = batches()
+        step = lambda: dcgan.train_step(G, D, opt_g, opt_d, scaler, next(source), 100, amp_dtype)
+        with FlopCounterMode(display=False) as counter:
+            step()
+        if args.compile:
+            G.compile()
+            D.compile()
+        result = time_training(step, args, device)
+        result["data_img_s"] = time_loading(lambda: next(source), args, device)
+    result.update(flops_per_img=counter.get_total_flops() / args.batch_size, cache_build_img_s=build_img_s,
+                  dtype=str(amp_dtype).replace("torch.", "") if amp_dtype else "float32")
+    return result
+
+
+# ----------------------------------------------------------------------------- timing and report
+
+def time_training(step, args, device):
+    for _ in range(args.warmup):
+        step()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        out = step()
+    if torch.is_tensor(out):
+        out.tolist()  # dcgan.py's step returns a device tensor: wait for the last step
+    sync(device)
+    return {"train_img_s": args.steps * args.batch_size / (time.perf_counter() - start)}
+
+
+def time_loading(next_batch, args, device):
+    steps = max(args.steps, 10)
+    next_batch()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        next_batch()
+    sync(device)
+    return steps * args.batch_size / (time.perf_counter() - start)
+
+
+def main():
+    args = parse_args()
+    device = dcgan.choose_device(args.device)
+    args.data = args.data or celeba_like_folder(args.fake_count)
+    n_images = len(dcgan.find_images(args.data))
+    if n_images < args.batch_size:
+        raise SystemExit(f"error: --data {args.data} has {n_images} images, fewer than --batch-size")
+    peaks = {"float32": matmul_peak(device, torch.float32)}
+    if device.type != "mps":
+        peaks["bfloat16"] = matmul_peak(device, torch.bfloat16)
+    if device.type == "cuda":
+        peaks["float16"] = matmul_peak(device, torch.float16)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+    print(f"device {device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} threads | "
+          f"{n_images} images in {args.data} | batch {args.batch_size}, {args.image_size}x{args.image_size}, "
+          f"{args.steps} steps after {args.warmup} warm-up", flush=True)
+    results = {}
+    for label, run in (("baseline", run_baseline), ("dcgan.py", run_dcgan)):
+        torch.manual_seed(0)
+        results[label] = r = run(args, device)
+        r["peak_flops"] = peaks.get(r["dtype"], peaks["float32"])
+        r["mfu"] = r["flops_per_img"] * r["train_img_s"] / r["peak_flops"]
+        print(f"{label:9s} train {r['train_img_s']:10,.0f} img/s | data only {r['data_img_s']:12,.0f} img/s | "
+              f"{r['flops_per_img'] / 1e9:.2f} GFLOP/img/step | MFU {100 * r['mfu']:.1f}% of "
+              f"{r['peak_flops'] / 1e12:.2f} TFLOP/s {r['dtype']} matmul", flush=True)
+    base, fast = results["baseline"], results["dcgan.py"]
+    speedup = {"train": fast["train_img_s"] / base["train_img_s"], "data": fast["data_img_s"] / base["data_img_s"]}
+    print(f"speed-up: training {speedup['train']:.2f}x, data loading {speedup['data']:.1f}x | "
+          f"cache build {fast['cache_build_img_s']:,.0f} img/s on {os.cpu_count()} cores")
+    report = {"device": str(device), "device_name": name, "torch": torch.__version__, "cpu_count": os.cpu_count(),
+              "data": args.data, "images": n_images, "batch_size": args.batch_size, "image_size": args.image_size,
+              "steps": args.steps, "warmup": args.warmup, "workers": args.workers, "compile": args.compile,
+              "peaks": peaks, "baseline": base, "dcgan": fast, "speedup": speedup}
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(report, f, indent=2)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
