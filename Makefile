@@ -14,18 +14,21 @@ else
 ENV  :=
 endif
 
-.PHONY: help install demo download train sample bench test clean
+GPUS   ?= 2
+
+.PHONY: help install demo download train train-multi sample bench test clean
 
 help:  ## list the targets
 	@echo "make install             build .venv from requirements.txt (done by every target on first use)"
 	@echo "make demo                synthetic faces, a short CPU training run and samples in results/demo/"
 	@echo "make download            CelebA into datasets/extracted/ (./download_celeba.sh)"
 	@echo "make train EPOCHS=50     train on DATA=$(DATA), writing OUT=$(OUT)/ and DCGAN_celeba_{g,d}.pth"
+	@echo "make train-multi GPUS=4  the same with torchrun, one process per GPU (DistributedDataParallel)"
 	@echo "make sample CKPT=...     N=$(N) faces from a generator into $(OUT)/samples.png"
 	@echo "make bench               tutorial pipeline vs dcgan.py, side by side (results/bench.json)"
 	@echo "make test                the test suite (pytest, CPU, a few minutes)"
 	@echo "make clean               remove results and caches (never the dataset or .venv)"
-	@echo "Variables: EPOCHS DATA OUT CKPT N, ARGS='--flags for dcgan.py', PY=python to skip .venv"
+	@echo "Variables: EPOCHS DATA OUT CKPT N GPUS, ARGS='--flags for dcgan.py', PY=python to skip .venv"
 
 install: $(ENV)
 
@@ -53,6 +56,11 @@ download:
 
 train: $(ENV)
 	$(PY) dcgan.py train --data $(DATA) --out $(OUT) --epochs $(EPOCHS) $(ARGS)
+
+# --batch-size is per GPU: the global batch is GPUS x --batch-size.
+train-multi: $(ENV)
+	$(PY) -m torch.distributed.run --standalone --nproc_per_node=$(GPUS) dcgan.py train \
+	    --data $(DATA) --out $(OUT) --epochs $(EPOCHS) $(ARGS)
 
 sample: $(ENV)
 	$(PY) dcgan.py sample --ckpt $(CKPT) --n $(N) --out $(OUT)/samples.png $(ARGS)

@@ -6,6 +6,8 @@
     python dcgan.py train --resume results/checkpoint.pth --epochs 60
     python dcgan.py sample --ckpt DCGAN_celeba_g.pth --n 64 --out results/samples.png
     python dcgan.py synth --out datasets/synth --n 6000
+    torchrun --standalone --nproc_per_node=4 dcgan.py train --epochs 50        # 4 GPUs, one node
+    torchrun --nnodes=2 --nproc_per_node=8 --rdzv_endpoint=HOST:29500 dcgan.py train ...
 
 The file reads top to bottom in the order data flows: arguments, data, models,
 training, sampling, plots, main.
@@ -13,6 +15,7 @@ training, sampling, plots, main.
 import argparse
 import csv
 import hashlib
+import inspect
 import json
 import multiprocessing
 import os
@@ -25,10 +28,12 @@ import time
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from PIL import Image, ImageDraw
+from torch.nn.parallel import DistributedDataParallel as DDP
 from torchvision.utils import make_grid, save_image
 
 
@@ -68,7 +73,7 @@ def build_parser():
     t.add_argument("--data", default="datasets/extracted", help="folder searched recursively for images")
     t.add_argument("--out", default="results", help="folder for grids, plots, losses.csv, checkpoint.pth")
     t.add_argument("--epochs", type=at_least(1), default=5, help="total epochs (also when resuming)")
-    t.add_argument("--batch-size", type=at_least(1), default=128)
+    t.add_argument("--batch-size", type=at_least(1), default=128, help="per process (GPU) under torchrun")
     t.add_argument("--image-size", type=image_size_arg, default=ARCHITECTURE_DEFAULTS["image_size"],
                    help="32, 64, 128 or 256")
     t.add_argument("--nz", type=at_least(1), default=ARCHITECTURE_DEFAULTS["nz"], help="length of the latent z")
@@ -81,6 +86,7 @@ def build_parser():
     t.add_argument("--no-cache", action="store_true",
                    help="decode every image every epoch (classic DataLoader) instead of caching them once")
     t.add_argument("--compile", action="store_true", help="torch.compile G and D (slow start, faster steps)")
+    t.add_argument("--sync-bn", action="store_true", help="under torchrun: BatchNorm statistics over the global batch")
     t.add_argument("--seed", type=int, default=999)
     t.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cuda, cuda:1, mps, cpu")
     t.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"], default="auto",
@@ -164,13 +170,16 @@ class ImageFiles(torch.utils.data.Dataset):
             return torch.zeros(3, self.size, self.size, dtype=torch.uint8), False, i
 
 
-def epoch_batches(n, batch_size, seed, epoch):
-    """Index batches for one epoch: a fresh shuffle per epoch, the last partial batch dropped.
+def epoch_batches(n, batch_size, seed, epoch, rank=0, world=1):
+    """This process's index batches for one epoch: a fresh shuffle per epoch cut into global batches
+    of world x batch_size (the last partial one dropped), of which rank takes its slice.
 
-    The order is a pure function of (seed, epoch), so a resumed run sees exactly the batches
-    the uninterrupted run would have seen, without storing the order anywhere."""
+    The order is a pure function of (seed, epoch), so a resumed run sees exactly the batches the
+    uninterrupted run would have seen, and every rank the same shuffle, with nothing stored."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 10007 + epoch))
-    return order[: n // batch_size * batch_size].view(-1, batch_size).tolist()
+    step = batch_size * world
+    batches = order[: n // step * step].view(-1, world, batch_size)[:, rank]
+    return batches.tolist()
 
 
 def make_loader(dataset, batches, workers, device):
@@ -524,9 +533,11 @@ def train_step(G, D, opt_g, opt_d, scaler, real, nz, amp_dtype):
 
     # (2) Update G: maximize log(D(G(z))), the non-saturating loss: fakes labelled real. It gives
     # G strong gradients early on, when D easily rejects its samples and log(1 - D(G(z))) is flat.
-    D.requires_grad_(False)  # D's weight gradients would only be thrown away: skip computing them
+    # D's weight gradients would only be thrown away: skip computing them, and under torchrun call D's
+    # own module (not the DDP wrapper), so nothing is all-reduced for them either.
+    D.requires_grad_(False)
     with autocast:
-        logits_gen = D(fake)
+        logits_gen = getattr(D, "module", D)(fake)
         loss_g = F.binary_cross_entropy_with_logits(logits_gen, real_label)
     opt_g.zero_grad(set_to_none=True)
     scaler.scale(loss_g).backward()
@@ -625,62 +636,66 @@ def record_losses(pending, history, path, checkpoint):
         raise UserError(f"training diverged: a loss became NaN/inf at epoch {epoch + 1}, iteration {it + 1}. "
                         f"Nothing after it was saved; {checkpoint} (if any) is the last good state: "
                         "--resume it with a lower --lr (e.g. --lr 1e-4)")
-    append_losses(path, rows.tolist())
+    if path:
+        append_losses(path, rows.tolist())
     return torch.cat([history, rows])
 
 
-def stop_requests():
+def stop_requests(second_ctrl_c_stops_at_once=True):
     """Ctrl-C and SIGTERM (Colab, Slurm, `kill`) only ask the loop to stop: it finishes the step in
-    flight, saves a checkpoint and exits. A second Ctrl-C stops at once."""
+    flight, saves a checkpoint and exits. A second Ctrl-C stops at once, except under torchrun, which
+    forwards the terminal's Ctrl-C to processes that already got it."""
     received = []
 
     def on_signal(signum, frame):
-        if received and signum == signal.SIGINT:
+        if received and signum == signal.SIGINT and second_ctrl_c_stops_at_once:
             raise KeyboardInterrupt
         received.append(signum)
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     return received, previous
 
 
-def resume_command(args, checkpoint):
+def resume_command(args, checkpoint, world):
     flags = [f"--data {args.data}", f"--out {args.out}", f"--epochs {args.epochs}"]
     flags += [f"--save-{m} {getattr(args, 'save_' + m)}" for m in "gd"
               if getattr(args, "save_" + m) != f"DCGAN_celeba_{m}.pth"]
-    return f"python dcgan.py train --resume {checkpoint} " + " ".join(flags)
+    launcher = f"torchrun --standalone --nproc_per_node={world} dcgan.py" if world > 1 else "python dcgan.py"
+    return f"{launcher} train --resume {checkpoint} " + " ".join(flags)
 
 
-def open_dataset(args, paths, device):
-    """The training images: the decoded cache (built on first use) or, with --no-cache, the files."""
+def open_dataset(args, paths, device, master):
+    """The training images: the decoded cache (built on first use, by rank 0 alone under torchrun)
+    or, with --no-cache, the files themselves."""
     if args.no_cache:
         return ImageFiles(paths, args.image_size), len(paths)
     base = cache_name(args.data, paths, args.image_size, args.cache_dir)
-    cached = load_cache(base, args.image_size)
-    if cached is None:
+    if master and load_cache(base, args.image_size) is None:
         build_cache(paths, args.image_size, base)
-        cached = load_cache(base, args.image_size)
-    images, meta = cached
-    if meta["bad"]:
+    if dist.is_initialized():
+        dist.barrier()  # the other ranks wait for rank 0's cache
+    images, meta = load_cache(base, args.image_size)
+    if meta["bad"] and master:
         names = ", ".join(meta["bad"][:5]) + (", ..." if len(meta["bad"]) > 5 else "")
         print(f"warning: skipped {len(meta['bad'])} unreadable image file(s): {names}", file=sys.stderr)
     return place_cache(images, device), len(images)
 
 
-def train(args):
+def setup_distributed(args):
+    """torchrun sets RANK, LOCAL_RANK and WORLD_SIZE: then this is one of several processes, one per
+    GPU (NCCL) or CPU process (gloo). Without them it is the only process. Returns rank, world, device."""
+    if "RANK" not in os.environ:
+        return 0, 1, choose_device(args.device)
+    rank, world, local_rank = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
     device = choose_device(args.device)
-    amp_dtype = choose_amp(args.amp, device)
-    resume = load_checkpoint(args.resume) if args.resume else None
-    if resume is not None:
-        if not (isinstance(resume, dict) and {"generator", "epoch", "args"} <= set(resume)):
-            raise UserError(f"{args.resume} is not a checkpoint.pth from `dcgan.py train` (only weights?); "
-                            "use --init-g/--init-d to start from plain weights")
-        match_checkpoint_args(args, resume["args"])
-    paths = find_images(args.data)
-    check_writable(args.out)
-    torch.manual_seed(args.seed)
-    random.seed(args.seed)
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
 
+
+def build_models(args, device):
+    """G and D with the DCGAN init or --init-g/--init-d weights, on the device, and their optimizers."""
     G = Generator(args.nz, args.ngf, 3, args.image_size)
     D = Discriminator(args.ndf, 3, args.image_size)
     G.apply(init_weights)
@@ -691,34 +706,75 @@ def train(args):
     G, D = (m.to(device, memory_format=memory_format(device)) for m in (G, D))
     # Adam with beta1 = 0.5 instead of 0.9: the paper found the default momentum made training
     # oscillate and unstable. The fused kernels do the whole update in one launch on CUDA.
-    fused = device.type == "cuda"
-    opt_g = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(args.beta1, 0.999), fused=fused)
-    opt_d = torch.optim.Adam(D.parameters(), lr=args.lr, betas=(args.beta1, 0.999), fused=fused)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    opt_g, opt_d = (torch.optim.Adam(m.parameters(), lr=args.lr, betas=(args.beta1, 0.999),
+                                     fused=device.type == "cuda") for m in (G, D))
+    return G, D, opt_g, opt_d
 
+
+def restore_training(resume, args, G, D, opt_g, opt_d):
+    """Load a checkpoint.pth into the models and optimizers; returns fixed noise, history, epoch, step."""
+    load_weights(G, model_state(resume, "generator", args.resume), args.resume, "generator")
+    load_weights(D, model_state(resume, "discriminator", args.resume), args.resume, "discriminator")
+    for opt, key in ((opt_g, "optimizer_g"), (opt_d, "optimizer_d")):
+        opt.load_state_dict(resume[key])
+        for group in opt.param_groups:  # a new --lr / --beta1 on resume wins over the saved one
+            group["lr"], group["betas"] = args.lr, (args.beta1, 0.999)
+    restore_rng_states(resume["rng"])
+    if resume["epoch"] >= args.epochs:
+        raise UserError(f"{args.resume} has already done {resume['epoch']} epochs: pass --epochs above {resume['epoch']}")
+    return resume["fixed_noise"], resume["history"], resume["epoch"], resume.get("step", 0)
+
+
+def stop_agreed(stop, world, device):
+    """Under torchrun every rank must stop after the same step, or the others would wait forever in
+    the next all-reduce: one tiny all-reduce per step agrees on it."""
+    if world == 1:
+        return bool(stop)
+    flag = torch.tensor([len(stop)], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    if flag.item() and not stop:
+        stop.append(signal.SIGTERM)
+    return bool(flag.item())
+
+
+def train(args):
+    rank, world, device = setup_distributed(args)
+    master = rank == 0  # only rank 0 logs and writes files
+    if args.sync_bn and (world == 1 or device.type != "cuda"):
+        raise UserError("--sync-bn is for several CUDA GPUs under torchrun")
+    say = print if master else (lambda *a, **k: None)
+    amp_dtype = choose_amp(args.amp, device)
+    resume = load_checkpoint(args.resume) if args.resume else None
+    if resume is not None:
+        if not (isinstance(resume, dict) and {"generator", "epoch", "args"} <= set(resume)):
+            raise UserError(f"{args.resume} is not a checkpoint.pth from `dcgan.py train` (only weights?); "
+                            "use --init-g/--init-d to start from plain weights")
+        match_checkpoint_args(args, resume["args"])
+    paths = find_images(args.data)
+    if master:
+        check_writable(args.out)
+    torch.manual_seed(args.seed)  # the same initial weights on every rank
+    random.seed(args.seed)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
+    G, D, opt_g, opt_d = build_models(args, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     # One fixed batch of 64 latent vectors for the epoch grids, so the progress of the same "faces"
     # can be followed across epochs (and across a resume, since it is saved in the checkpoint).
     fixed_noise = torch.randn(64, args.nz, generator=torch.Generator().manual_seed(args.seed))
     history, start_epoch, start_step = torch.zeros(0, len(LOSS_COLUMNS)), 0, 0
-    losses_csv, checkpoint = os.path.join(args.out, "losses.csv"), os.path.join(args.out, "checkpoint.pth")
     if resume is not None:
-        load_weights(G, model_state(resume, "generator", args.resume), args.resume, "generator")
-        load_weights(D, model_state(resume, "discriminator", args.resume), args.resume, "discriminator")
-        for opt, key in ((opt_g, "optimizer_g"), (opt_d, "optimizer_d")):
-            opt.load_state_dict(resume[key])
-            for group in opt.param_groups:  # a new --lr / --beta1 on resume wins over the saved one
-                group["lr"], group["betas"] = args.lr, (args.beta1, 0.999)
-        fixed_noise, history = resume["fixed_noise"], resume["history"]
-        start_epoch, start_step = resume["epoch"], resume.get("step", 0)
-        restore_rng_states(resume["rng"])
-        if start_epoch >= args.epochs:
-            raise UserError(f"{args.resume} has already done {start_epoch} epochs: pass --epochs above {start_epoch}")
+        fixed_noise, history, start_epoch, start_step = restore_training(resume, args, G, D, opt_g, opt_d)
+    if rank:  # each rank draws its own noise; rank 0 keeps the seeded (or restored) stream
+        torch.manual_seed(args.seed + 7919 * rank + len(history))
+    losses_csv, checkpoint = os.path.join(args.out, "losses.csv"), os.path.join(args.out, "checkpoint.pth")
 
-    data, n = open_dataset(args, paths, device)
-    if n < args.batch_size:
+    data, n = open_dataset(args, paths, device, master)
+    global_batch = args.batch_size * world
+    if n < global_batch:
         raise UserError(f"--data {args.data} has {n} usable images, fewer than one batch "
-                        f"(--batch-size {args.batch_size}): lower --batch-size or add images")
-    bad_files, iters = set(), n // args.batch_size
+                        f"({world} x --batch-size {args.batch_size}): lower --batch-size or add images")
+    bad_files, iters = set(), n // global_batch
 
     def batch_source(batches):
         return (cached_batches(data, batches, device) if torch.is_tensor(data)
@@ -727,65 +783,96 @@ def train(args):
     real_grid = torch.cat([images.cpu() for images in batch_source(first_batches)])[:64]
     if not len(real_grid):
         raise UserError(f"none of the first {args.batch_size * len(first_batches)} images under --data could be decoded")
-    save_grid(real_grid.float() / 255, os.path.join(args.out, "real_samples.png"))
-    if os.path.exists(losses_csv):  # rewrite from the history, so rows logged after the checkpoint go
-        os.remove(losses_csv)
-    if len(history):
-        append_losses(losses_csv, history.tolist())
+    if master:
+        save_grid(real_grid.float() / 255, os.path.join(args.out, "real_samples.png"))
+        if os.path.exists(losses_csv):  # rewritten from the history: rows logged after the checkpoint go
+            os.remove(losses_csv)
+        if len(history):
+            append_losses(losses_csv, history.tolist())
     if args.compile:  # after loading weights; Module.compile keeps state_dict keys free of _orig_mod.
         G.compile()
         D.compile()
+    # Under torchrun G and D are wrapped in DDP, which averages gradients across ranks. BatchNorm stays
+    # per device: each rank normalises by its own batch, exactly as a single GPU with --batch-size
+    # does (--sync-bn shares the statistics over the global batch, at a collective per layer).
+    G_train, D_train = G, D
+    if world > 1:
+        if args.sync_bn:  # converts the BatchNorm layers in place: same parameters, same state_dict keys
+            G, D = (nn.SyncBatchNorm.convert_sync_batchnorm(m) for m in (G, D))
+        ids = [device.index] if device.type == "cuda" else None
+        per_device = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters
+                      else {"broadcast_buffers": False})  # BatchNorm running stats: never overwritten by rank 0's
+        G_train, D_train = (DDP(m, device_ids=ids, **per_device) for m in (G, D))
     n_params = sum(p.numel() for p in G.parameters()), sum(p.numel() for p in D.parameters())
-    print(f"{n} images in {args.data} | {args.image_size}x{args.image_size} | device {device} | "
-          f"amp {str(amp_dtype).replace('torch.', '') if amp_dtype else 'off'} | "
-          f"{'files' if args.no_cache else 'cached'} data | G {n_params[0]:,} params, D {n_params[1]:,} params "
-          f"| epochs {start_epoch + 1}-{args.epochs} of batch {args.batch_size}")
+    say(f"{n} images in {args.data} | {args.image_size}x{args.image_size} | device {device} | "
+        f"amp {str(amp_dtype).replace('torch.', '') if amp_dtype else 'off'} | "
+        f"{'files' if args.no_cache else 'cached'} data | G {n_params[0]:,} params, D {n_params[1]:,} params "
+        f"| epochs {start_epoch + 1}-{args.epochs} | world size {world}, batch {args.batch_size} per process, "
+        f"global batch {global_batch}", flush=True)
 
-    stop, previous_handlers = stop_requests()
+    stop, previous_handlers = stop_requests(second_ctrl_c_stops_at_once=world == 1)
     try:
         for epoch in range(start_epoch, args.epochs):
             first = start_step if epoch == start_epoch else 0  # mid-epoch resume skips the batches done
-            batches = epoch_batches(n, args.batch_size, args.seed, epoch)[first:]
-            pending, tick, seen = [], time.perf_counter(), 0
+            batches = epoch_batches(n, args.batch_size, args.seed, epoch, rank, world)[first:]
+            pending, tick, seen, epoch_images = [], time.perf_counter(), 0, 0
             for i, images in enumerate(batch_source(batches), first):
                 if len(images) >= 2:  # BatchNorm needs at least two samples
-                    stats = train_step(G, D, opt_g, opt_d, scaler, to_model_input(images, device), args.nz, amp_dtype)
+                    stats = train_step(G_train, D_train, opt_g, opt_d, scaler, to_model_input(images, device),
+                                       args.nz, amp_dtype)
                     pending.append((epoch, i, stats))
-                    seen += len(images)
+                    seen, epoch_images = seen + len(images), epoch_images + len(images)
                     if args.compile and i == first and epoch == start_epoch:
-                        print(f"compiled G and D in {time.perf_counter() - tick:.1f} s (first step)", flush=True)
-                if pending and ((i + 1) % args.log_every == 0 or i + 1 == iters or stop):
-                    history = record_losses(pending, history, losses_csv, checkpoint)
-                    speed = seen / (time.perf_counter() - tick)
-                    left = ((args.epochs - epoch) * iters - i - 1) * args.batch_size / speed
+                        say(f"compiled G and D in {time.perf_counter() - tick:.1f} s (first step)", flush=True)
+                stopping = stop_agreed(stop, world, device)
+                if pending and ((i + 1) % args.log_every == 0 or i + 1 == iters or stopping):
+                    history = record_losses(pending, history, losses_csv if master else None, checkpoint)
+                    speed = seen * world / (time.perf_counter() - tick)
+                    left = ((args.epochs - epoch) * iters - i - 1) * global_batch / speed
                     _, _, ld, lg, dx, dgz1, dgz2 = history[-1].tolist()
-                    print(f"[{epoch + 1}/{args.epochs}][{i + 1}/{iters}] Loss_D: {ld:.4f} Loss_G: {lg:.4f} "
-                          f"D(x): {dx:.4f} D(G(z)): {dgz1:.4f} / {dgz2:.4f}  {speed:,.0f} img/s  "
-                          f"ETA {format_time(left)}", flush=True)
+                    say(f"[{epoch + 1}/{args.epochs}][{i + 1}/{iters}] Loss_D: {ld:.4f} Loss_G: {lg:.4f} "
+                        f"D(x): {dx:.4f} D(G(z)): {dgz1:.4f} / {dgz2:.4f}  {speed:,.0f} img/s  "
+                        f"ETA {format_time(left)}", flush=True)
                     pending, tick, seen = [], time.perf_counter(), 0
-                if stop:
-                    save_checkpoint(checkpoint, G, D, opt_g, opt_d, fixed_noise, history, epoch, i + 1, args)
-                    print(f"stopped by {signal.Signals(stop[0]).name} at epoch {epoch + 1}, iteration {i + 1}; "
-                          f"saved {checkpoint}. Resume with: {resume_command(args, checkpoint)}", flush=True)
+                if stopping:
+                    if master:
+                        save_checkpoint(checkpoint, G, D, opt_g, opt_d, fixed_noise, history, epoch, i + 1, args)
+                    say(f"stopped by {signal.Signals(stop[0]).name} at epoch {epoch + 1}, iteration {i + 1}; "
+                        f"saved {checkpoint}. Resume with: {resume_command(args, checkpoint, world)}", flush=True)
                     sys.exit(128 + stop[0])
             if bad_files and epoch == start_epoch:  # every file has been tried once by now
                 names = ", ".join(os.path.basename(paths[j]) for j in sorted(bad_files)[:5])
-                print(f"warning: skipped {len(bad_files)} unreadable image file(s): {names}"
-                      f"{', ...' if len(bad_files) > 5 else ''}", file=sys.stderr)
-            save_grid(generate(G, fixed_noise, device), os.path.join(args.out, f"epoch_{epoch + 1:03d}.png"))
-            atomic_save(G.state_dict(), args.save_g)
-            atomic_save(D.state_dict(), args.save_d)
-            save_checkpoint(checkpoint, G, D, opt_g, opt_d, fixed_noise, history, epoch + 1, 0, args)
-            print(f"epoch {epoch + 1} done: {args.out}/epoch_{epoch + 1:03d}.png, {args.save_g}, {checkpoint}")
+                say(f"warning: skipped {len(bad_files)} unreadable image file(s): {names}"
+                    f"{', ...' if len(bad_files) > 5 else ''}", file=sys.stderr)
+            if world > 1:  # the images all ranks trained on this epoch, for the log
+                epoch_images = int(over_ranks([epoch_images], dist.ReduceOp.SUM, device)[0])
+            if master:
+                save_grid(generate(G, fixed_noise, device), os.path.join(args.out, f"epoch_{epoch + 1:03d}.png"))
+                atomic_save(G.state_dict(), args.save_g)
+                atomic_save(D.state_dict(), args.save_d)
+                save_checkpoint(checkpoint, G, D, opt_g, opt_d, fixed_noise, history, epoch + 1, 0, args)
+            say(f"epoch {epoch + 1} done: {epoch_images:,} images | {args.out}/epoch_{epoch + 1:03d}.png, "
+                f"{args.save_g}, {checkpoint}", flush=True)
     finally:
         for signum, handler in previous_handlers.items():
             signal.signal(signum, handler)
+    if world > 1:  # DDP keeps the replicas equal; check it once, in the log
+        s, q = (sum(f(p.double()).sum().item() for p in G.parameters()) for f in (lambda p: p, torch.square))
+        top = over_ranks([s, q, -s, -q], dist.ReduceOp.MAX, device)  # max and -min of each checksum
+        say(f"G parameters identical on all {world} ranks: {'yes' if top[:2] == [-v for v in top[2:]] else 'NO'}")
+    if master:
+        plot_losses(history, os.path.join(args.out, "loss.png"))
+        save_progress_gif(args.out, os.path.join(args.out, "progress.gif"))
+        save_real_vs_fake(real_grid.float() / 255, generate(G, fixed_noise, device),
+                          os.path.join(args.out, "real_vs_fake.png"))
+    say(f"done: samples with `python dcgan.py sample --ckpt {args.save_g}`; plots in {args.out}/")
 
-    plot_losses(history, os.path.join(args.out, "loss.png"))
-    save_progress_gif(args.out, os.path.join(args.out, "progress.gif"))
-    save_real_vs_fake(real_grid.float() / 255, generate(G, fixed_noise, device),
-                      os.path.join(args.out, "real_vs_fake.png"))
-    print(f"done: samples with `python dcgan.py sample --ckpt {args.save_g}`; plots in {args.out}/")
+
+def over_ranks(values, op, device):
+    """values reduced (summed, max...) over all ranks."""
+    values = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(values, op=op)
+    return values.tolist()
 
 
 def format_time(seconds):

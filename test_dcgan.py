@@ -512,6 +512,36 @@ def test_bench_runs_both_pipelines_and_writes_every_field(faces, tmp_path):
     assert "speed-up: training" in result.stdout
 
 
+# ----------------------------------------------------------------------------- torchrun (DDP, gloo on CPU)
+
+def test_each_rank_gets_a_disjoint_shard_of_the_same_shuffle():
+    single = dcgan.epoch_batches(50, 8, 3, 1, 0, 1)
+    shards = [dcgan.epoch_batches(50, 4, 3, 1, rank, 2) for rank in (0, 1)]
+    assert len(shards[0]) == len(shards[1]) == 6
+    for k, global_batch in enumerate(single):  # rank r takes its slice of each global batch
+        assert shards[0][k] + shards[1][k] == global_batch
+    assert not set(sum(shards[0], [])) & set(sum(shards[1], []))
+
+
+def test_torchrun_with_two_processes_trains_once_and_resumes_alone(faces, tmp_path):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(HERE / "dcgan.py"),
+           *map(str, train_args(faces, out, 2, "--log-every", 2))]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = result.stdout
+    assert log.count("world size 2, batch 8 per process, global batch 16") == 1  # only rank 0 logs
+    assert log.count("epoch 1 done: 48 images") == 1 and log.count("epoch 2 done: 48 images") == 1
+    assert "G parameters identical on all 2 ranks: yes" in log
+    assert "[1/2][2/3]" in log  # 48 images / global batch 16 = 3 iterations per epoch
+    assert len((out / "losses.csv").read_text().splitlines()) == 1 + 2 * 3  # rank 0's rows, written once
+    ckpt = torch.load(out / "checkpoint.pth", weights_only=True)
+    assert not any(k.startswith("module.") for k in ckpt["generator"])
+    result = run_cli(*train_args(faces, out, 3, "--resume", out / "checkpoint.pth"))
+    assert result.returncode == 0, result.stderr
+    assert "world size 1" in result.stdout and (out / "epoch_003.png").exists()
+
+
 # ----------------------------------------------------------------------------- sampling
 
 def test_sample_writes_grid_separate_images_and_interpolation(trained, tmp_path):
@@ -670,7 +700,7 @@ def test_ci_runs_the_makefile_test_target():
     makefile = (HERE / "Makefile").read_text()
     assert "\ntest:" in makefile and "-m pytest" in makefile
     listed = subprocess.run(["make", "-s", "help"], cwd=HERE, capture_output=True, text=True).stdout
-    for target in ("install", "demo", "download", "train", "sample", "bench", "test", "clean"):
+    for target in ("install", "demo", "download", "train", "train-multi", "sample", "bench", "test", "clean"):
         assert f"make {target}" in listed
 
 
