@@ -4,6 +4,7 @@ DATA   ?= datasets/extracted
 OUT    ?= results
 CKPT   ?= DCGAN_celeba_g.pth
 N      ?= 64
+FID_N  ?= 10000
 ARGS   ?=
 
 VENV := .venv
@@ -16,7 +17,7 @@ endif
 
 GPUS   ?= 2
 
-.PHONY: help install demo download train train-multi sample bench test clean
+.PHONY: help install demo download train train-multi sample fid bench test clean
 
 help:  ## list the targets
 	@echo "make install             build .venv from requirements.txt (done by every target on first use)"
@@ -25,6 +26,7 @@ help:  ## list the targets
 	@echo "make train EPOCHS=50     train on DATA=$(DATA), writing OUT=$(OUT)/ and DCGAN_celeba_{g,d}.pth"
 	@echo "make train-multi GPUS=4  the same with torchrun, one process per GPU (DistributedDataParallel)"
 	@echo "make sample CKPT=...     N=$(N) faces from a generator into $(OUT)/samples.png"
+	@echo "make fid CKPT=...        FID of FID_N=$(FID_N) samples against DATA (installs pytorch-fid; needs internet once)"
 	@echo "make bench               tutorial pipeline vs dcgan.py, side by side (results/bench.json)"
 	@echo "make test                the test suite (pytest, CPU, a few minutes)"
 	@echo "make clean               remove results and caches (never the dataset or .venv)"
@@ -64,6 +66,13 @@ train-multi: $(ENV)
 
 sample: $(ENV)
 	$(PY) dcgan.py sample --ckpt $(CKPT) --n $(N) --out $(OUT)/samples.png $(ARGS)
+
+# pytorch-fid is installed on demand, not in requirements.txt; it downloads Inception weights once.
+fid: $(ENV)
+	@$(PY) -c "import pytorch_fid" 2>/dev/null || $(PY) -m pip install pytorch-fid
+	rm -rf $(OUT)/fid
+	$(PY) dcgan.py sample --ckpt $(CKPT) --n $(FID_N) --seed 0 --separate $(OUT)/fid/fake --out $(OUT)/fid/grid.png
+	$(PY) fid.py --fake $(OUT)/fid/fake --data $(DATA) --out $(OUT)/fid/real
 
 bench: $(ENV)
 	$(PY) bench.py $(ARGS)

@@ -104,7 +104,7 @@ def build_parser():
     s.add_argument("--n", type=at_least(1), default=64, help="number of images")
     s.add_argument("--nrow", type=at_least(1), default=8, help="images per row in the grid")
     s.add_argument("--seed", type=int, default=None, help="latent seed (default: random, printed)")
-    s.add_argument("--out", default="results/samples.png", help="grid image to write")
+    s.add_argument("--out", default="results/samples.png", help="grid image to write (at most 256 images)")
     s.add_argument("--separate", metavar="DIR", help="also write every image as DIR/NNNNNN.png")
     s.add_argument("--interpolate", type=at_least(1), metavar="STEPS",
                    help="draw n // STEPS rows, each a spherical path between two random latents")
@@ -935,7 +935,7 @@ def sample(args):
     else:
         images, nrow = generate(G, latent_vectors(args.n, nz, seed), device), args.nrow
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    save_grid(images, args.out, nrow)
+    save_grid(images[:256], args.out, nrow)  # a grid of thousands (e.g. for FID) helps nobody
     if args.separate:
         os.makedirs(args.separate, exist_ok=True)
         for k, image in enumerate(images):

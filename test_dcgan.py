@@ -591,6 +591,40 @@ def test_sample_accepts_the_training_checkpoint(trained, tmp_path):
                     "--out", tmp_path / "s.png") == 0
 
 
+def test_fid_plumbing_exports_matching_real_and_fake_images(trained, faces, tmp_path):
+    out, _ = trained
+    fake, real = tmp_path / "fake", tmp_path / "real"
+    assert run_main("sample", "--ckpt", out / "g.pth", "--n", 12, "--seed", 0, "--separate", fake,
+                    "--out", tmp_path / "grid.png") == 0
+    sys.path.insert(0, str(HERE))
+    import fid
+    fid.main(["--fake", str(fake), "--data", str(faces), "--out", str(real), "--export-only"])
+    reals = sorted(real.glob("*.png"))
+    assert len(reals) == 12 == len(list(fake.glob("*.png")))
+    assert {Image.open(p).size for p in reals} == {(32, 32)}
+    exported = torch.tensor(np.asarray(Image.open(reals[0]))).permute(2, 0, 1)
+    assert any(torch.equal(exported, dcgan.load_image(p, 32)) for p in dcgan.find_images(str(faces)))
+
+
+def test_fid_offline_says_so_in_one_line(trained, faces, tmp_path):
+    """pytorch-fid fetches its Inception weights on first use; offline that must be one clear line."""
+    out, _ = trained
+    fake = tmp_path / "fake"
+    assert run_main("sample", "--ckpt", out / "g.pth", "--n", 4, "--seed", 0, "--separate", fake,
+                    "--out", tmp_path / "grid.png") == 0
+    offline = tmp_path / "site" / "pytorch_fid"
+    offline.mkdir(parents=True)
+    (offline / "__init__.py").write_text("")
+    (offline / "__main__.py").write_text("import urllib.request\n"
+                                         "urllib.request.urlopen('http://127.0.0.1:9/pt_inception.pth')\n")
+    result = subprocess.run([sys.executable, str(HERE / "fid.py"), "--fake", str(fake), "--data", str(faces),
+                             "--out", str(tmp_path / "real")], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(offline.parent)})
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: pytorch-fid could not download its Inception weights")
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
 # ----------------------------------------------------------------------------- errors
 
 class RunsCode:
@@ -695,12 +729,37 @@ def test_readme_shows_the_set_up_commands_and_existing_pictures():
     assert pictures and all((HERE / p).is_file() for p in pictures)
 
 
+def layer_table(model, x):
+    """The README's layer table, built from the code: every layer's output shape and parameter count."""
+    rows = []
+
+    def record(module, inputs, output):
+        params = sum(p.numel() for p in module.parameters())
+        rows.append(f"| `main.{len(rows)}` | {type(module).__name__} | {' × '.join(map(str, output.shape[1:]))} "
+                    f"| {params:,} |")
+    handles = [m.register_forward_hook(record) for m in model.main]
+    model.eval()(x)
+    for handle in handles:
+        handle.remove()
+    total = sum(p.numel() for p in model.parameters())
+    return "\n".join(["| layer | type | output (C × H × W) | parameters |", "|---|---|---|---|", *rows,
+                      f"| | **total** | | **{total:,}** |"])
+
+
+def test_readme_layer_tables_match_the_code():
+    readme = (HERE / "README.md").read_text()
+    for name, model, x in (("generator", dcgan.Generator(), torch.randn(1, 100)),
+                           ("discriminator", dcgan.Discriminator(), torch.randn(1, 3, 64, 64))):
+        documented = readme.split(f"<!-- {name}-table -->\n")[1].split(f"\n<!-- /{name}-table -->")[0]
+        assert documented == layer_table(model, x), f"regenerate the {name} table in README.md"
+
+
 def test_ci_runs_the_makefile_test_target():
     assert "make test" in (HERE / ".ci" / "run").read_text()
     makefile = (HERE / "Makefile").read_text()
     assert "\ntest:" in makefile and "-m pytest" in makefile
     listed = subprocess.run(["make", "-s", "help"], cwd=HERE, capture_output=True, text=True).stdout
-    for target in ("install", "demo", "download", "train", "train-multi", "sample", "bench", "test", "clean"):
+    for target in ("install", "demo", "download", "train", "train-multi", "sample", "fid", "bench", "test", "clean"):
         assert f"make {target}" in listed
 
 
