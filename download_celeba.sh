@@ -290,6 +290,20 @@ run_curl() {
     fi
 }
 
+# reuse_earlier_download ZIP CHECK_MD5: a complete download from an earlier run is used again
+# if it verifies (ARCHIVE set, returns 0); one that does not is deleted so it is fetched anew.
+reuse_earlier_download() {
+    [[ -f $1 ]] || return 1
+    log "found an earlier download, $1"
+    if verify_archive "$1" "$2"; then
+        ARCHIVE=$1
+        return 0
+    fi
+    warn "$REASON; deleting it and downloading again"
+    rm -f "$1"
+    return 1
+}
+
 # Step 2: download $URL with curl into $DOWNLOADS, resuming a .part from an earlier run.
 try_curl() {
     local url=$URL name zip part check_md5=no rc=0
@@ -302,15 +316,7 @@ try_curl() {
     part="$zip.part"
     if [[ $name == "$OFFICIAL_NAME" && -n $MD5 ]]; then check_md5=yes; fi
 
-    if [[ -f $zip ]]; then
-        log "found an earlier download, $zip"
-        if verify_archive "$zip" "$check_md5"; then
-            ARCHIVE=$zip
-            return 0
-        fi
-        warn "$REASON; deleting it and downloading again"
-        rm -f "$zip"
-    fi
+    if reuse_earlier_download "$zip" "$check_md5"; then return 0; fi
     mkdir -p "$DOWNLOADS" || {
         REASON="cannot create $DOWNLOADS"
         return 1
@@ -371,15 +377,7 @@ try_gdown() {
         return 1
     fi
     if [[ -n $MD5 ]]; then check_md5=yes; fi
-    if [[ -f $zip ]]; then
-        log "found an earlier download, $zip"
-        if verify_archive "$zip" "$check_md5"; then
-            ARCHIVE=$zip
-            return 0
-        fi
-        warn "$REASON; deleting it and downloading again"
-        rm -f "$zip"
-    fi
+    if reuse_earlier_download "$zip" "$check_md5"; then return 0; fi
     if command -v gdown >/dev/null 2>&1; then
         gdown=$(command -v gdown)
     elif [[ -x $SCRIPT_DIR/.venv/bin/gdown ]]; then
