@@ -182,14 +182,6 @@ def epoch_batches(n, batch_size, seed, epoch, rank=0, world=1):
     return batches.tolist()
 
 
-def make_loader(dataset, batches, workers, device):
-    # Its own torch.Generator: otherwise every new loader draws a seed from the global RNG, and a
-    # run resumed mid-epoch would draw its noise one number off from the uninterrupted run.
-    return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=workers,
-                                       pin_memory=device.type == "cuda", generator=torch.Generator(),
-                                       worker_init_fn=leave_signals_to_main)
-
-
 def leave_signals_to_main(worker_id):
     """Ctrl-C and SIGTERM reach every process of the group; the workers ignore them and let the
     main process stop cleanly (see stop_requests)."""
@@ -299,8 +291,13 @@ def cached_batches(images, batches, device):
 
 def classic_batches(dataset, batches, workers, device, bad_files):
     """The classic path: DataLoader workers decode every file every epoch. Undecodable files come
-    back marked, are dropped from their batch and noted in bad_files."""
-    for images, ok, index in make_loader(dataset, batches, workers, device):
+    back marked, are dropped from their batch and noted in bad_files. The loader gets its own
+    torch.Generator: otherwise each new loader draws a seed from the global RNG, and a run resumed
+    mid-epoch would draw its noise one number off from the uninterrupted run."""
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=workers,
+                                         pin_memory=device.type == "cuda", generator=torch.Generator(),
+                                         worker_init_fn=leave_signals_to_main)
+    for images, ok, index in loader:
         if not ok.all():
             bad_files.update(index[~ok].tolist())
             images = images[ok]
@@ -663,6 +660,11 @@ def resume_command(args, checkpoint, world):
     return f"{launcher} train --resume {checkpoint} " + " ".join(flags)
 
 
+def warn_skipped(names):
+    print(f"warning: skipped {len(names)} unreadable image file(s): {', '.join(names[:5])}"
+          f"{', ...' if len(names) > 5 else ''}", file=sys.stderr)
+
+
 def open_dataset(args, paths, device, master):
     """The training images: the decoded cache (built on first use, by rank 0 alone under torchrun)
     or, with --no-cache, the files themselves."""
@@ -675,8 +677,7 @@ def open_dataset(args, paths, device, master):
         dist.barrier()  # the other ranks wait for rank 0's cache
     images, meta = load_cache(base, args.image_size)
     if meta["bad"] and master:
-        names = ", ".join(meta["bad"][:5]) + (", ..." if len(meta["bad"]) > 5 else "")
-        print(f"warning: skipped {len(meta['bad'])} unreadable image file(s): {names}", file=sys.stderr)
+        warn_skipped(meta["bad"])
     return place_cache(images, device), len(images)
 
 
@@ -840,10 +841,8 @@ def train(args):
                     say(f"stopped by {signal.Signals(stop[0]).name} at epoch {epoch + 1}, iteration {i + 1}; "
                         f"saved {checkpoint}. Resume with: {resume_command(args, checkpoint, world)}", flush=True)
                     sys.exit(128 + stop[0])
-            if bad_files and epoch == start_epoch:  # every file has been tried once by now
-                names = ", ".join(os.path.basename(paths[j]) for j in sorted(bad_files)[:5])
-                say(f"warning: skipped {len(bad_files)} unreadable image file(s): {names}"
-                    f"{', ...' if len(bad_files) > 5 else ''}", file=sys.stderr)
+            if bad_files and epoch == start_epoch and master:  # every file has been tried once by now
+                warn_skipped([os.path.basename(paths[j]) for j in sorted(bad_files)])
             if world > 1:  # the images all ranks trained on this epoch, for the log
                 epoch_images = int(over_ranks([epoch_images], dist.ReduceOp.SUM, device)[0])
             if master:
@@ -951,11 +950,17 @@ def save_grid(images, path, nrow=8):
     save_image(images, path, nrow=nrow, padding=2)
 
 
+def pyplot():
+    """matplotlib, imported only when a plot is drawn (it is slow to import), writing files only."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
 def plot_losses(history, path):
     """G and D loss per iteration (raw and smoothed) above D(x) and D(G(z)) as probabilities."""
-    import matplotlib
-    matplotlib.use("Agg")  # files only, no window
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     fig, axes = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
     window = max(1, min(50, len(history) // 10))
     smooth = lambda v: F.conv1d(F.pad(v.view(1, 1, -1), (window - 1, 0), mode="replicate"),
@@ -986,9 +991,7 @@ def save_progress_gif(folder, path):
 
 
 def save_real_vs_fake(real, fake, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 6))
     for ax, images, title in ((axes[0], real, "Real images"), (axes[1], fake, "Fake images")):
         ax.imshow(make_grid(images[:64], nrow=8, padding=2).permute(1, 2, 0).numpy())
