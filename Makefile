@@ -42,12 +42,14 @@ $(VENV)/.installed: requirements.txt
 	touch $@
 
 # A small model on procedural faces: the whole workflow on a CPU in a few minutes, no download.
-# 32x32 and half-width nets so that ~1,900 iterations fit in about 3 minutes on 2 cores.
+# 32x32 and narrow nets so that ~1,900 iterations fit in about 2 minutes on 2 cores. D is half
+# as wide as G: on 4,000 very regular cartoon faces a D as wide as G stays far ahead (D(x) 0.98)
+# and the faces come out noisier; ndf 16 keeps the game balanced (D(x) ~0.9) and looks cleaner.
 DEMO := $(OUT)/demo
 demo: $(ENV)
 	@test -d datasets/synth || $(PY) dcgan.py synth --out datasets/synth --n 4000
 	$(PY) dcgan.py train --data datasets/synth --out $(DEMO) --epochs 30 --batch-size 64 \
-	    --image-size 32 --ngf 32 --ndf 32 --workers 1 --log-every 62 \
+	    --image-size 32 --ngf 32 --ndf 16 --workers 1 --log-every 62 \
 	    --save-g $(DEMO)/demo_g.pth --save-d $(DEMO)/demo_d.pth $(ARGS)
 	$(PY) dcgan.py sample --ckpt $(DEMO)/demo_g.pth --seed 0 --out $(DEMO)/samples.png
 	$(PY) dcgan.py sample --ckpt $(DEMO)/demo_g.pth --seed 0 --interpolate 8 --out $(DEMO)/interpolation.png
