@@ -43,13 +43,6 @@ class UserError(Exception):
 
 # ----------------------------------------------------------------------------- arguments
 
-def image_size_arg(text):
-    size = int(text)
-    if size not in (32, 64, 128, 256):
-        raise argparse.ArgumentTypeError(f"{size} is not one of 32, 64, 128, 256")
-    return size
-
-
 def at_least(minimum, cast=int):
     """An argparse type: a number >= minimum (or > 0 for floats)."""
     def parse(text):
@@ -60,6 +53,7 @@ def at_least(minimum, cast=int):
     return parse
 
 
+IMAGE_SIZES = (32, 64, 128, 256)  # one up/down-sampling block per doubling from 4x4
 # The flags that fix the networks' shapes; --resume checks them against the checkpoint.
 ARCHITECTURE_DEFAULTS = dict(image_size=64, nz=100, ngf=64, ndf=64)
 
@@ -74,7 +68,7 @@ def build_parser():
     t.add_argument("--out", default="results", help="folder for grids, plots, losses.csv, checkpoint.pth")
     t.add_argument("--epochs", type=at_least(1), default=5, help="total epochs (also when resuming)")
     t.add_argument("--batch-size", type=at_least(1), default=128, help="per process (GPU) under torchrun")
-    t.add_argument("--image-size", type=image_size_arg, default=ARCHITECTURE_DEFAULTS["image_size"],
+    t.add_argument("--image-size", type=int, choices=IMAGE_SIZES, default=ARCHITECTURE_DEFAULTS["image_size"],
                    help="32, 64, 128 or 256")
     t.add_argument("--nz", type=at_least(1), default=ARCHITECTURE_DEFAULTS["nz"], help="length of the latent z")
     t.add_argument("--ngf", type=at_least(1), default=ARCHITECTURE_DEFAULTS["ngf"], help="generator width")
@@ -115,7 +109,7 @@ def build_parser():
                             formatter_class=formatter)
     y.add_argument("--out", default="datasets/synth", help="folder for the JPEGs")
     y.add_argument("--n", type=at_least(1), default=6000, help="number of faces")
-    y.add_argument("--size", type=image_size_arg, default=64, help="image side in pixels")
+    y.add_argument("--size", type=int, choices=IMAGE_SIZES, default=64, help="image side in pixels")
     y.add_argument("--seed", type=int, default=0)
     y.set_defaults(func=synth)
     return parser
@@ -552,10 +546,8 @@ LOSS_COLUMNS = ["epoch", "iter", "loss_d", "loss_g", "d_x", "d_g_z1", "d_g_z2"]
 def append_losses(path, rows):
     new = not os.path.exists(path)
     with open(path, "a", newline="") as f:
-        writer = csv.writer(f)
-        if new:
-            writer.writerow(LOSS_COLUMNS)
-        writer.writerows([int(r[0]), int(r[1])] + [f"{v:.6g}" for v in r[2:]] for r in rows)
+        csv.writer(f).writerows(([LOSS_COLUMNS] if new else []) +
+                                [[int(r[0]), int(r[1])] + [f"{v:.6g}" for v in r[2:]] for r in rows])
 
 
 def atomic_save(obj, path):
@@ -588,13 +580,6 @@ def save_checkpoint(path, G, D, opt_g, opt_d, fixed_noise, history, epoch, step,
                  "args": {k: v for k, v in vars(args).items() if k != "func"}}, path)
 
 
-def restore_rng_states(states):
-    torch.set_rng_state(states["torch"])
-    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in states["python"]))
-    if states["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-
-
 def match_checkpoint_args(args, saved):
     """On --resume the architecture comes from the checkpoint. A flag left at its default takes the
     checkpoint's value; one set to something else is a contradiction the user must resolve."""
@@ -614,12 +599,10 @@ def match_checkpoint_args(args, saved):
 def check_writable(folder):
     try:
         os.makedirs(folder, exist_ok=True)
-        probe = os.path.join(folder, ".write-test")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
     except OSError as e:
         raise UserError(f"cannot write to --out {folder}: {e.strerror}; choose another --out") from None
+    if not os.access(folder, os.W_OK):
+        raise UserError(f"cannot write to --out {folder}: permission denied; choose another --out")
 
 
 def record_losses(pending, history, path, checkpoint):
@@ -720,7 +703,11 @@ def restore_training(resume, args, G, D, opt_g, opt_d):
         opt.load_state_dict(resume[key])
         for group in opt.param_groups:  # a new --lr / --beta1 on resume wins over the saved one
             group["lr"], group["betas"] = args.lr, (args.beta1, 0.999)
-    restore_rng_states(resume["rng"])
+    rng = resume["rng"]
+    torch.set_rng_state(rng["torch"])
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in rng["python"]))
+    if rng["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
     if resume["epoch"] >= args.epochs:
         raise UserError(f"{args.resume} has already done {resume['epoch']} epochs: pass --epochs above {resume['epoch']}")
     return resume["fixed_noise"], resume["history"], resume["epoch"], resume.get("step", 0)
@@ -982,12 +969,8 @@ def plot_losses(history, path):
 
 def save_progress_gif(folder, path):
     """The epoch grids in order as an animation, the last one held a little longer."""
-    grids = sorted(Path(folder).glob("epoch_*.png"))
-    if not grids:
-        return
-    frames = [Image.open(p).convert("RGB") for p in grids]
-    durations = [500] * (len(frames) - 1) + [2000]
-    frames[0].save(path, save_all=True, append_images=frames[1:], duration=durations, loop=0)
+    frames = [Image.open(p).convert("RGB") for p in sorted(Path(folder).glob("epoch_*.png"))]
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=[500] * (len(frames) - 1) + [2000], loop=0)
 
 
 def save_real_vs_fake(real, fake, path):

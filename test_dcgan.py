@@ -704,7 +704,7 @@ def test_corrupt_images_are_skipped_with_one_warning(faces, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--image-size", "48"], "48 is not one of 32, 64, 128, 256"),
+    (["--image-size", "48"], "invalid choice: 48 (choose from 32, 64, 128, 256)"),
     (["--batch-size", "0"], "must be at least 1"),
     (["--lr", "-1"], "must be greater than 0"),
 ])
