@@ -767,11 +767,12 @@ def train(args):
     def batch_source(batches):
         return (cached_batches(data, batches, device) if torch.is_tensor(data)
                 else classic_batches(data, batches, args.workers, device, bad_files))
-    first_batches = epoch_batches(n, args.batch_size, args.seed, 0)[:-(-64 // args.batch_size)]
-    real_grid = torch.cat([images.cpu() for images in batch_source(first_batches)])[:64]
-    if not len(real_grid):
-        raise UserError(f"none of the first {args.batch_size * len(first_batches)} images under --data could be decoded")
-    if master:
+    if master:  # the other ranks need no picture of the data
+        first_batches = epoch_batches(n, args.batch_size, args.seed, 0)[:-(-64 // args.batch_size)]
+        real_grid = torch.cat([images.cpu() for images in batch_source(first_batches)])[:64]
+        if not len(real_grid):
+            raise UserError(f"none of the first {args.batch_size * len(first_batches)} images under --data "
+                            "could be decoded")
         save_grid(real_grid.float() / 255, os.path.join(args.out, "real_samples.png"))
         if os.path.exists(losses_csv):  # rewritten from the history: rows logged after the checkpoint go
             os.remove(losses_csv)
@@ -833,7 +834,8 @@ def train(args):
             if world > 1:  # the images all ranks trained on this epoch, for the log
                 epoch_images = int(over_ranks([epoch_images], dist.ReduceOp.SUM, device)[0])
             if master:
-                save_grid(generate(G, fixed_noise, device), os.path.join(args.out, f"epoch_{epoch + 1:03d}.png"))
+                fakes = generate(G, fixed_noise, device)
+                save_grid(fakes, os.path.join(args.out, f"epoch_{epoch + 1:03d}.png"))
                 atomic_save(G.state_dict(), args.save_g)
                 atomic_save(D.state_dict(), args.save_d)
                 save_checkpoint(checkpoint, G, D, opt_g, opt_d, fixed_noise, history, epoch + 1, 0, args)
@@ -849,8 +851,7 @@ def train(args):
     if master:
         plot_losses(history, os.path.join(args.out, "loss.png"))
         save_progress_gif(args.out, os.path.join(args.out, "progress.gif"))
-        save_real_vs_fake(real_grid.float() / 255, generate(G, fixed_noise, device),
-                          os.path.join(args.out, "real_vs_fake.png"))
+        save_real_vs_fake(real_grid.float() / 255, fakes, os.path.join(args.out, "real_vs_fake.png"))
     say(f"done: samples with `python dcgan.py sample --ckpt {args.save_g}`; plots in {args.out}/")
 
 
