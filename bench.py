@@ -2,6 +2,7 @@
 
     python bench.py                                  # CelebA-like JPEGs generated on first use
     python bench.py --data ../shared/celeba-10k --device cuda --steps 200
+    python bench.py --device cuda --batch-size 1024 --no-baseline --profile
     make bench
 
 Both run on the same images and device, after warm-up, for --steps training steps:
@@ -11,7 +12,9 @@ Both run on the same images and device, after warm-up, for --steps training step
   where the device supports it, channels_last, dcgan.train_step (its own code, imported).
 For each it reports training img/s end to end, data-loading-only img/s, FLOPs per image per step
 (torch.utils.flop_counter) and model FLOP utilisation against the peak of a large matmul measured
-in the same run; then the speed-ups. Everything also goes to results/bench.json.
+in the same run (only for dtypes the device runs natively, and bounded in time); then the speed-ups.
+--profile adds a torch.profiler view of dcgan.py's step: the busiest kernels, kernel launches and host
+syncs per step, and how much of the step's wall time the GPU is busy. Everything goes to results/bench.json.
 """
 import argparse
 import json
@@ -44,6 +47,8 @@ def parse_args():
     p.add_argument("--workers", type=int, default=2, help="the baseline's DataLoader workers (tutorial: 2)")
     p.add_argument("--amp", default="auto", choices=["auto", "off", "bf16", "fp16"], help="dcgan.py's --amp")
     p.add_argument("--compile", action="store_true", help="torch.compile dcgan.py's G and D")
+    p.add_argument("--no-baseline", action="store_true", help="time dcgan.py's pipeline alone")
+    p.add_argument("--profile", action="store_true", help="profile a few of dcgan.py's steps (torch.profiler)")
     p.add_argument("--out", default="results/bench.json")
     return p.parse_args()
 
@@ -74,18 +79,20 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def matmul_peak(device, dtype):
-    """FLOP/s of a large square matmul: the practical peak MFU is measured against."""
-    n = 8192 if device.type == "cuda" else 2048
+def matmul_peak(device, dtype, budget_s=2.0):
+    """FLOP/s of a large square matmul (the practical peak MFU is measured against): the best of
+    repeated products, for about budget_s seconds at most."""
+    n = 8192 if device.type == "cuda" else 1024
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    best = float("inf")
-    for _ in range(5):
+    a @ b  # warm-up: library load, kernel choice
+    best, start, reps = float("inf"), time.perf_counter(), 10 if device.type == "cuda" else 1
+    while time.perf_counter() - start < budget_s or best == float("inf"):
         sync(device)
-        start = time.perf_counter()
-        for _ in range(10):
+        tick = time.perf_counter()
+        for _ in range(reps):
             a @ b
         sync(device)
-        best = min(best, (time.perf_counter() - start) / 10)
+        best = min(best, (time.perf_counter() - tick) / reps)
     return 2 * n**3 / best
 
 
@@ -189,6 +196,8 @@ def run_dcgan(args, device):
             D.compile()
         result = time_training(step, args, device)
         result["data_img_s"] = time_loading(lambda: next(source), args, device)
+        if args.profile:
+            result["profile"] = profile_steps(step, device)
     result.update(flops_per_img=counter.get_total_flops() / args.batch_size, cache_build_img_s=build_img_s,
                   dtype=str(amp_dtype).replace("torch.", "") if amp_dtype else "float32")
     return result
@@ -209,6 +218,33 @@ def time_training(step, args, device):
     return {"train_img_s": args.steps * args.batch_size / (time.perf_counter() - start)}
 
 
+def profile_steps(step, device, steps=10):
+    """Where one step's time goes: the kernels that take the most GPU time, and per step the kernel
+    launches, host syncs and copies, the GPU's busy time and the wall time."""
+    from torch.profiler import ProfilerActivity, profile
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    step()
+    sync(device)
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        for _ in range(steps):
+            out = step()
+        out.tolist()
+        sync(device)
+        wall = (time.perf_counter() - start) / steps
+    events = prof.key_averages()
+    print(events.table(sort_by="self_device_time_total" if device.type == "cuda" else "self_cpu_time_total",
+                       row_limit=15, max_name_column_width=60))
+    count = lambda *names: sum(e.count for e in events if any(n in e.key for n in names)) / steps
+    gpu_busy = sum(e.self_device_time_total for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
+    report = {"wall_ms": 1e3 * wall, "gpu_busy_ms": gpu_busy / 1e3 / steps,
+              "kernel_launches": count("cudaLaunchKernel", "cuLaunchKernel", "cudaGraphLaunch"),
+              "graph_launches": count("cudaGraphLaunch"), "host_syncs": count("Synchronize"),
+              "memcpy": count("cudaMemcpy")}
+    print("per step: " + ", ".join(f"{k} {v:.2f}" for k, v in report.items()), flush=True)
+    return report
+
+
 def time_loading(next_batch, args, device):
     steps = max(args.steps, 10)
     next_batch()
@@ -227,17 +263,17 @@ def main():
     n_images = len(dcgan.find_images(args.data))
     if n_images < args.batch_size:
         raise SystemExit(f"error: --data {args.data} has {n_images} images, fewer than --batch-size")
-    peaks = {"float32": matmul_peak(device, torch.float32)}
-    if device.type != "mps":
-        peaks["bfloat16"] = matmul_peak(device, torch.bfloat16)
-    if device.type == "cuda":
-        peaks["float16"] = matmul_peak(device, torch.float16)
+    # Only the dtypes the two pipelines run in: fp32, and dcgan.py's autocast dtype. On a CPU --amp auto
+    # picks bf16 only where it is native; an emulated bf16 matmul runs at ~1% of fp32 speed.
+    amp_dtype = dcgan.choose_amp(args.amp, device)
+    peaks = {str(dtype).replace("torch.", ""): matmul_peak(device, dtype)
+             for dtype in {torch.float32, amp_dtype} - {None}}
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     print(f"device {device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} threads | "
           f"{n_images} images in {args.data} | batch {args.batch_size}, {args.image_size}x{args.image_size}, "
           f"{args.steps} steps after {args.warmup} warm-up", flush=True)
     results = {}
-    for label, run in (("baseline", run_baseline), ("dcgan.py", run_dcgan)):
+    for label, run in (("baseline", run_baseline), ("dcgan.py", run_dcgan))[args.no_baseline:]:
         torch.manual_seed(0)
         results[label] = r = run(args, device)
         r["peak_flops"] = peaks.get(r["dtype"], peaks["float32"])
@@ -245,10 +281,11 @@ def main():
         print(f"{label:9s} train {r['train_img_s']:10,.0f} img/s | data only {r['data_img_s']:12,.0f} img/s | "
               f"{r['flops_per_img'] / 1e9:.2f} GFLOP/img/step | MFU {100 * r['mfu']:.1f}% of "
               f"{r['peak_flops'] / 1e12:.2f} TFLOP/s {r['dtype']} matmul", flush=True)
-    base, fast = results["baseline"], results["dcgan.py"]
-    speedup = {"train": fast["train_img_s"] / base["train_img_s"], "data": fast["data_img_s"] / base["data_img_s"]}
-    print(f"speed-up: training {speedup['train']:.2f}x, data loading {speedup['data']:.1f}x | "
-          f"cache build {fast['cache_build_img_s']:,.0f} img/s on {os.cpu_count()} cores")
+    base, fast, speedup = results.get("baseline"), results["dcgan.py"], None
+    if base:
+        speedup = {"train": fast["train_img_s"] / base["train_img_s"], "data": fast["data_img_s"] / base["data_img_s"]}
+        print(f"speed-up: training {speedup['train']:.2f}x, data loading {speedup['data']:.1f}x | "
+              f"cache build {fast['cache_build_img_s']:,.0f} img/s on {os.cpu_count()} cores")
     report = {"device": str(device), "device_name": name, "torch": torch.__version__, "cpu_count": os.cpu_count(),
               "data": args.data, "images": n_images, "batch_size": args.batch_size, "image_size": args.image_size,
               "steps": args.steps, "warmup": args.warmup, "workers": args.workers, "compile": args.compile,

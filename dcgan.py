@@ -9,8 +9,7 @@
     torchrun --standalone --nproc_per_node=4 dcgan.py train --epochs 50        # 4 GPUs, one node
     torchrun --nnodes=2 --nproc_per_node=8 --rdzv_endpoint=HOST:29500 dcgan.py train ...
 
-The file reads top to bottom in the order data flows: arguments, data, models,
-training, sampling, plots, main.
+The file reads top to bottom as data flows: arguments, data, models, training, sampling, plots, main.
 """
 import argparse
 import csv
@@ -79,7 +78,9 @@ def build_parser():
     t.add_argument("--cache-dir", default="datasets/cache", help="where the decoded dataset is cached")
     t.add_argument("--no-cache", action="store_true",
                    help="decode every image every epoch (classic DataLoader) instead of caching them once")
-    t.add_argument("--compile", action="store_true", help="torch.compile G and D (slow start, faster steps)")
+    t.add_argument("--compile", action="store_true", help="torch.compile G and D (CPU only)")
+    t.add_argument("--deterministic", action="store_true",
+                   help="bit-identical runs and resumes on CUDA too (deterministic, slower GPU kernels)")
     t.add_argument("--sync-bn", action="store_true", help="under torchrun: BatchNorm statistics over the global batch")
     t.add_argument("--seed", type=int, default=999)
     t.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cuda, cuda:1, mps, cpu")
@@ -213,12 +214,6 @@ def decode_for_cache(job):
         return None
 
 
-def report_progress(done, total, start):
-    speed = done / max(time.perf_counter() - start, 1e-9)
-    print(f"decoding {done:,}/{total:,} images once into the cache  {speed:,.0f} img/s  "
-          f"ETA {format_time((total - done) / speed)}", flush=True)
-
-
 def build_cache(paths, size, base):
     """Decode every image once, on all cores, into base.u8 (raw uint8 [N, 3, S, S], undecodable files
     left out) and base.json. Both are written under temporary names and renamed, the JSON last:
@@ -236,7 +231,9 @@ def build_cache(paths, size, base):
                     f.write(data)
                     count += 1
                 if k % every == 0 or k == len(paths):
-                    report_progress(k, len(paths), start)
+                    speed = k / max(time.perf_counter() - start, 1e-9)
+                    print(f"decoding {k:,}/{len(paths):,} images once into the cache  {speed:,.0f} img/s  "
+                          f"ETA {format_time((len(paths) - k) / speed)}", flush=True)
             pool.close()
             pool.join()
         if not count:
@@ -275,12 +272,13 @@ def place_cache(images, device):
 
 
 def cached_batches(images, batches, device):
-    """Batches gathered from the decoded array in the epoch's order: no decoding, no workers."""
-    for batch in batches:
-        if images.device == device:
-            yield images[torch.tensor(batch, device=device)]
+    """Batches gathered from the decoded array in the epoch's order: no decoding, no workers. The indices
+    go to the device once an epoch: a tensor made from a list on a GPU is a blocking copy, a stall a step."""
+    for index in torch.tensor(batches, dtype=torch.long, device=images.device):  # [steps, batch]
+        if images.device.type == device.type:  # (compare types: "cuda" is not equal to "cuda:0")
+            yield images[index]
         else:  # host array, GPU model: gather into pinned memory so the copy runs asynchronously
-            yield images[torch.tensor(batch)].pin_memory().to(device, non_blocking=True)
+            yield images[index].pin_memory().to(device, non_blocking=True)
 
 
 def classic_batches(dataset, batches, workers, device, bad_files):
@@ -672,6 +670,8 @@ def setup_distributed(args):
     rank, world, local_rank = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
     device = choose_device(args.device)
     if device.type == "cuda":
+        if local_rank >= (gpus := torch.cuda.device_count()):
+            raise UserError(f"more torchrun processes here than GPUs ({gpus}): use --nproc_per_node={gpus}")
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
@@ -713,16 +713,18 @@ def restore_training(resume, args, G, D, opt_g, opt_d):
     return resume["fixed_noise"], resume["history"], resume["epoch"], resume.get("step", 0)
 
 
-def stop_agreed(stop, world, device):
+def stop_agreed(stop, device, flags):
     """Under torchrun every rank must stop after the same step, or the others would wait forever in
-    the next all-reduce: one tiny all-reduce per step agrees on it."""
-    if world == 1:
+    the next all-reduce. Each step all-reduces its stop flag and reads the previous step's (queued
+    in `flags`): reading this step's would make the host wait for the GPU every step."""
+    if not dist.is_initialized():
         return bool(stop)
-    flag = torch.tensor([len(stop)], device=device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    if flag.item() and not stop:
+    flags.append(torch.full((1,), len(stop), device=device))
+    dist.all_reduce(flags[-1], op=dist.ReduceOp.MAX)
+    agreed = len(flags) > 1 and bool(flags.pop(0).item())
+    if agreed and not stop:
         stop.append(signal.SIGTERM)
-    return bool(flag.item())
+    return agreed
 
 
 def train(args):
@@ -730,6 +732,9 @@ def train(args):
     master = rank == 0  # only rank 0 logs and writes files
     if args.sync_bn and (world == 1 or device.type != "cuda"):
         raise UserError("--sync-bn is for several CUDA GPUs under torchrun")
+    if args.compile and device.type == "cuda":  # seen on an H200 with PyTorch 2.11 (README, Performance)
+        raise UserError("--compile fails on CUDA: Inductor mispredicts the strides of channels_last "
+                        "ConvTranspose2d gradients (pytorch/pytorch#171622); train without --compile")
     say = print if master else (lambda *a, **k: None)
     amp_dtype = choose_amp(args.amp, device)
     resume = load_checkpoint(args.resume) if args.resume else None
@@ -743,8 +748,10 @@ def train(args):
         check_writable(args.out)
     torch.manual_seed(args.seed)  # the same initial weights on every rank
     random.seed(args.seed)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
+    if args.deterministic:  # cuDNN's and cuBLAS's fastest kernels may sum in a different order each run
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not args.deterministic  # keep cuDNN's fastest
     G, D, opt_g, opt_d = build_models(args, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     # One fixed batch of 64 latent vectors for the epoch grids, so the progress of the same "faces"
@@ -785,7 +792,7 @@ def train(args):
     # per device: each rank normalises by its own batch, exactly as a single GPU with --batch-size
     # does (--sync-bn shares the statistics over the global batch, at a collective per layer).
     G_train, D_train = G, D
-    if world > 1:
+    if dist.is_initialized():  # also for one process: `torchrun --nproc_per_node=1` then measures DDP's cost
         if args.sync_bn:  # converts the BatchNorm layers in place: same parameters, same state_dict keys
             G, D = (nn.SyncBatchNorm.convert_sync_batchnorm(m) for m in (G, D))
         ids = [device.index] if device.type == "cuda" else None
@@ -800,6 +807,7 @@ def train(args):
         f"global batch {global_batch}", flush=True)
 
     stop, previous_handlers = stop_requests(second_ctrl_c_stops_at_once=world == 1)
+    stop_flags = []
     try:
         for epoch in range(start_epoch, args.epochs):
             first = start_step if epoch == start_epoch else 0  # mid-epoch resume skips the batches done
@@ -813,7 +821,7 @@ def train(args):
                     seen, epoch_images = seen + len(images), epoch_images + len(images)
                     if args.compile and i == first and epoch == start_epoch:
                         say(f"compiled G and D in {time.perf_counter() - tick:.1f} s (first step)", flush=True)
-                stopping = stop_agreed(stop, world, device)
+                stopping = stop_agreed(stop, device, stop_flags)
                 if pending and ((i + 1) % args.log_every == 0 or i + 1 == iters or stopping):
                     history = record_losses(pending, history, losses_csv if master else None, checkpoint)
                     speed = seen * world / (time.perf_counter() - tick)
@@ -832,7 +840,9 @@ def train(args):
             if bad_files and epoch == start_epoch and master:  # every file has been tried once by now
                 warn_skipped([os.path.basename(paths[j]) for j in sorted(bad_files)])
             if world > 1:  # the images all ranks trained on this epoch, for the log
-                epoch_images = int(over_ranks([epoch_images], dist.ReduceOp.SUM, device)[0])
+                counts = torch.full((1,), epoch_images, device=device)
+                dist.all_reduce(counts)
+                epoch_images = int(counts.item())
             if master:
                 fakes = generate(G, fixed_noise, device)
                 save_grid(fakes, os.path.join(args.out, f"epoch_{epoch + 1:03d}.png"))
@@ -844,27 +854,17 @@ def train(args):
     finally:
         for signum, handler in previous_handlers.items():
             signal.signal(signum, handler)
-    if world > 1:  # DDP keeps the replicas equal; check it once, in the log
-        s, q = (sum(f(p.double()).sum().item() for p in G.parameters()) for f in (lambda p: p, torch.square))
-        top = over_ranks([s, q, -s, -q], dist.ReduceOp.MAX, device)  # max and -min of each checksum
-        say(f"G parameters identical on all {world} ranks: {'yes' if top[:2] == [-v for v in top[2:]] else 'NO'}")
     if master:
         plot_losses(history, os.path.join(args.out, "loss.png"))
         save_progress_gif(args.out, os.path.join(args.out, "progress.gif"))
         save_real_vs_fake(real_grid.float() / 255, fakes, os.path.join(args.out, "real_vs_fake.png"))
     say(f"done: samples with `python dcgan.py sample --ckpt {args.save_g}`; plots in {args.out}/")
-
-
-def over_ranks(values, op, device):
-    """values reduced (summed, max...) over all ranks."""
-    values = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(values, op=op)
-    return values.tolist()
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def format_time(seconds):
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+    return f"{int(seconds) // 3600}:{int(seconds) // 60 % 60:02d}:{int(seconds) % 60:02d}"
 
 
 # ----------------------------------------------------------------------------- sampling
