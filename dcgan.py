@@ -12,6 +12,7 @@
 The file reads top to bottom as data flows: arguments, data, models, training, sampling, plots, main.
 """
 import argparse
+import contextlib
 import csv
 import hashlib
 import inspect
@@ -42,66 +43,71 @@ class UserError(Exception):
 
 # ----------------------------------------------------------------------------- arguments
 
-def at_least(minimum, cast=int):
-    """An argparse type: a number >= minimum (or > 0 for floats)."""
+def number(cast, low, high=None, low_included=True):
+    """An argparse type: a number from low (included or not) up to, not including, high."""
     def parse(text):
         value = cast(text)
-        if value < minimum or (cast is float and not value > 0):
-            raise argparse.ArgumentTypeError(f"must be {'greater than 0' if cast is float else f'at least {minimum}'}, got {text}")
+        if not ((value >= low if low_included else value > low) and (high is None or value < high)):
+            bounds = f"{'at least' if low_included else 'above'} {low}" + (f" and below {high}" if high else "")
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {text}")
         return value
     return parse
 
 
 IMAGE_SIZES = (32, 64, 128, 256)  # one up/down-sampling block per doubling from 4x4
-# The flags that fix the networks' shapes; --resume checks them against the checkpoint.
-ARCHITECTURE_DEFAULTS = dict(image_size=64, nz=100, ngf=64, ndf=64)
+SEED = number(int, 0, 2**32)
+TRAIN_DEFAULTS = dict(data="datasets/extracted", out="results", epochs=5, batch_size=128, image_size=64, nz=100,
+                      ngf=64, ndf=64, lr=2e-4, beta1=0.5, workers=4, cache_dir="datasets/cache", no_cache=False,
+                      compile=False, deterministic=False, sync_bn=False, seed=999, device="auto", amp="auto",
+                      log_every=50, save_g="DCGAN_celeba_g.pth", save_d="DCGAN_celeba_d.pth",
+                      resume=None, init_g=None, init_d=None)
+# The flags that define a run: --resume takes them from the checkpoint and refuses a different value.
+RUN_FLAGS = ("image_size", "nz", "ngf", "ndf", "batch_size", "seed", "amp", "no_cache", "deterministic")
 
 
-def build_parser():
+def build_parser(defaults=True):
+    """The command line; defaults=False leaves out train's flags not typed: --resume restores those."""
     formatter = argparse.ArgumentDefaultsHelpFormatter
     parser = argparse.ArgumentParser(description="Train a DCGAN on faces and sample from it.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    t = commands.add_parser("train", help="train G and D on a folder of images", formatter_class=formatter)
-    t.add_argument("--data", default="datasets/extracted", help="folder searched recursively for images")
-    t.add_argument("--out", default="results", help="folder for grids, plots, losses.csv, checkpoint.pth")
-    t.add_argument("--epochs", type=at_least(1), default=5, help="total epochs (also when resuming)")
-    t.add_argument("--batch-size", type=at_least(1), default=128, help="per process (GPU) under torchrun")
-    t.add_argument("--image-size", type=int, choices=IMAGE_SIZES, default=ARCHITECTURE_DEFAULTS["image_size"],
-                   help="32, 64, 128 or 256")
-    t.add_argument("--nz", type=at_least(1), default=ARCHITECTURE_DEFAULTS["nz"], help="length of the latent z")
-    t.add_argument("--ngf", type=at_least(1), default=ARCHITECTURE_DEFAULTS["ngf"], help="generator width")
-    t.add_argument("--ndf", type=at_least(1), default=ARCHITECTURE_DEFAULTS["ndf"], help="discriminator width")
-    t.add_argument("--lr", type=at_least(0, float), default=2e-4, help="Adam learning rate (DCGAN paper)")
-    t.add_argument("--beta1", type=float, default=0.5, help="Adam beta1 (DCGAN paper: 0.5, not 0.9)")
-    t.add_argument("--workers", type=at_least(0), default=4, help="image-decoding processes (with --no-cache)")
-    t.add_argument("--cache-dir", default="datasets/cache", help="where the decoded dataset is cached")
-    t.add_argument("--no-cache", action="store_true",
-                   help="decode every image every epoch (classic DataLoader) instead of caching them once")
+    t = commands.add_parser("train", help="train G and D on a folder of images", formatter_class=formatter,
+                            argument_default=argparse.SUPPRESS)
+    t.add_argument("--data", help="folder searched recursively for images")
+    t.add_argument("--out", help="folder for grids, plots, losses.csv, checkpoint.pth")
+    t.add_argument("--epochs", type=number(int, 1), help="total epochs (also when resuming)")
+    t.add_argument("--batch-size", type=number(int, 1), help="per process (GPU) under torchrun")
+    t.add_argument("--image-size", type=int, choices=IMAGE_SIZES, help="32, 64, 128 or 256")
+    t.add_argument("--nz", type=number(int, 1, 10000), help="length of the latent z")
+    t.add_argument("--ngf", type=number(int, 1, 2048), help="generator width")
+    t.add_argument("--ndf", type=number(int, 1, 2048), help="discriminator width")
+    t.add_argument("--lr", type=number(float, 0, 1, low_included=False), help="Adam learning rate (DCGAN paper)")
+    t.add_argument("--beta1", type=number(float, 0, 1), help="Adam beta1 (DCGAN paper: 0.5, not 0.9)")
+    t.add_argument("--workers", type=number(int, 0, 256), help="image-decoding processes (with --no-cache)")
+    t.add_argument("--cache-dir", help="where the decoded dataset is cached")
+    t.add_argument("--no-cache", action="store_true", help="decode every file every epoch instead of caching")
     t.add_argument("--compile", action="store_true", help="torch.compile G and D (CPU only)")
-    t.add_argument("--deterministic", action="store_true",
-                   help="bit-identical runs and resumes on CUDA too (deterministic, slower GPU kernels)")
+    t.add_argument("--deterministic", action="store_true", help="bit-identical runs on CUDA too (slower kernels)")
     t.add_argument("--sync-bn", action="store_true", help="under torchrun: BatchNorm statistics over the global batch")
-    t.add_argument("--seed", type=int, default=999)
-    t.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cuda, cuda:1, mps, cpu")
-    t.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"], default="auto",
-                   help="mixed precision: auto = bf16 where supported, fp16 on older GPUs, else off")
-    t.add_argument("--log-every", type=at_least(1), default=50, help="iterations between log lines")
-    t.add_argument("--save-g", default="DCGAN_celeba_g.pth", help="generator weights, written every epoch")
-    t.add_argument("--save-d", default="DCGAN_celeba_d.pth", help="discriminator weights, written every epoch")
-    t.add_argument("--resume", metavar="PATH", help="continue from a checkpoint.pth to --epochs in total")
+    t.add_argument("--seed", type=SEED, help="data order, initial weights, noise")
+    t.add_argument("--device", help="auto (cuda, then mps, then cpu), cuda, cuda:1, mps, cpu")
+    t.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"], help="auto: bf16 where native, fp16 on old GPUs")
+    t.add_argument("--log-every", type=number(int, 1), help="iterations between log lines")
+    t.add_argument("--save-g", help="generator weights, written every epoch")
+    t.add_argument("--save-d", help="discriminator weights, written every epoch")
+    t.add_argument("--resume", metavar="PATH", help="continue a run from its checkpoint.pth, with its flags")
     t.add_argument("--init-g", metavar="PATH", help="start G from saved weights (fresh optimizer)")
     t.add_argument("--init-d", metavar="PATH", help="start D from saved weights (fresh optimizer)")
-    t.set_defaults(func=train)
+    t.set_defaults(func=train, **(TRAIN_DEFAULTS if defaults else {}))
 
     s = commands.add_parser("sample", help="draw faces from a trained generator", formatter_class=formatter)
     s.add_argument("--ckpt", required=True, help="generator weights (ours, the tutorial's, or checkpoint.pth)")
-    s.add_argument("--n", type=at_least(1), default=64, help="number of images")
-    s.add_argument("--nrow", type=at_least(1), default=8, help="images per row in the grid")
-    s.add_argument("--seed", type=int, default=None, help="latent seed (default: random, printed)")
+    s.add_argument("--n", type=number(int, 1), default=64, help="number of images")
+    s.add_argument("--nrow", type=number(int, 1), default=8, help="images per row in the grid")
+    s.add_argument("--seed", type=SEED, default=None, help="latent seed (default: random, printed)")
     s.add_argument("--out", default="results/samples.png", help="grid image to write (at most 256 images)")
     s.add_argument("--separate", metavar="DIR", help="also write every image as DIR/NNNNNN.png")
-    s.add_argument("--interpolate", type=at_least(1), metavar="STEPS",
+    s.add_argument("--interpolate", type=number(int, 1), metavar="STEPS",
                    help="draw n // STEPS rows, each a spherical path between two random latents")
     s.add_argument("--device", default="auto")
     s.set_defaults(func=sample)
@@ -109,9 +115,9 @@ def build_parser():
     y = commands.add_parser("synth", help="draw a procedural face-like dataset (no download)",
                             formatter_class=formatter)
     y.add_argument("--out", default="datasets/synth", help="folder for the JPEGs")
-    y.add_argument("--n", type=at_least(1), default=6000, help="number of faces")
+    y.add_argument("--n", type=number(int, 1), default=6000, help="number of faces")
     y.add_argument("--size", type=int, choices=IMAGE_SIZES, default=64, help="image side in pixels")
-    y.add_argument("--seed", type=int, default=0)
+    y.add_argument("--seed", type=SEED, default=0)
     y.set_defaults(func=synth)
     return parser
 
@@ -166,11 +172,9 @@ class ImageFiles(torch.utils.data.Dataset):
 
 
 def epoch_batches(n, batch_size, seed, epoch, rank=0, world=1):
-    """This process's index batches for one epoch: a fresh shuffle per epoch cut into global batches
-    of world x batch_size (the last partial one dropped), of which rank takes its slice.
-
-    The order is a pure function of (seed, epoch), so a resumed run sees exactly the batches the
-    uninterrupted run would have seen, and every rank the same shuffle, with nothing stored."""
+    """This process's index batches for one epoch: a fresh shuffle cut into global batches of world x
+    batch_size (the last partial one dropped), of which rank takes its slice. A pure function of (seed,
+    epoch): a resumed run sees exactly the uninterrupted run's batches, every rank the same shuffle."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 10007 + epoch))
     step = batch_size * world
     batches = order[: n // step * step].view(-1, world, batch_size)[:, rank]
@@ -178,32 +182,28 @@ def epoch_batches(n, batch_size, seed, epoch, rank=0, world=1):
 
 
 def leave_signals_to_main(worker_id):
-    """Ctrl-C and SIGTERM reach every process of the group; the workers ignore them and let the
-    main process stop cleanly (see stop_requests)."""
+    """Ctrl-C and SIGTERM reach every process of the group: workers leave them to the main process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def to_model_input(images, device):
-    """uint8 [0, 255] -> float [-1, 1] on the device, matching the generator's Tanh range.
-    Converting after the copy moves 4x fewer bytes than sending floats."""
+    """uint8 [0, 255] -> float [-1, 1] (G's Tanh range) on the device: converted after the copy, 4x fewer bytes."""
     images = images.to(device, non_blocking=True).float().div_(127.5).sub_(1)
     return images.contiguous(memory_format=memory_format(device))
 
 
 def memory_format(device):
-    """channels_last (NHWC) is what cuDNN's and oneDNN's fastest convolutions use: measured here,
-    +30% fp32 and +7% bf16 training speed on the CPU. MPS keeps the default layout."""
+    """channels_last (NHWC), the layout of cuDNN's and oneDNN's fastest convolutions (+30% fp32 on our CPU)."""
     return torch.channels_last if device.type in ("cuda", "cpu") else torch.contiguous_format
 
 
 def cache_name(root, paths, size, cache_dir):
-    """The cache's file name, from a hash of the folder, every file's name, size and mtime, and the
-    image size: a changed folder or size gets a new cache, an unchanged one reuses it."""
-    h = hashlib.sha1(f"{os.path.abspath(root)}|{size}".encode())
+    """The cache's name, from a hash of the folder, each file's name, size and mtime, and the image size."""
+    h = hashlib.sha1(os.fsencode(f"{os.path.abspath(root)}|{size}"))  # fsencode: names need not be UTF-8
     for p in paths:
         st = os.stat(p)
-        h.update(f"|{p}|{st.st_size}|{st.st_mtime_ns}".encode())
+        h.update(os.fsencode(f"|{p}|{st.st_size}|{st.st_mtime_ns}"))
     return os.path.join(cache_dir, f"{Path(os.path.abspath(root)).name}-{size}px-{h.hexdigest()[:16]}")
 
 
@@ -249,8 +249,7 @@ def build_cache(paths, size, base):
 
 
 def load_cache(base, size):
-    """(images, metadata) from a complete cache, images a uint8 [N, 3, S, S] tensor memory-mapped
-    from disk (pages are read on demand and shared with the OS cache); None if there is none."""
+    """(uint8 [N, 3, S, S] memory-mapped from disk, read on demand; metadata) of a complete cache, or None."""
     try:
         with open(base + ".json") as f:
             meta = json.load(f)
@@ -282,10 +281,8 @@ def cached_batches(images, batches, device):
 
 
 def classic_batches(dataset, batches, workers, device, bad_files):
-    """The classic path: DataLoader workers decode every file every epoch. Undecodable files come
-    back marked, are dropped from their batch and noted in bad_files. The loader gets its own
-    torch.Generator: otherwise each new loader draws a seed from the global RNG, and a run resumed
-    mid-epoch would draw its noise one number off from the uninterrupted run."""
+    """The classic path: DataLoader workers decode every file every epoch; undecodable ones are dropped
+    and noted. Its own torch.Generator: a new loader would draw a seed from the global RNG, shifting the noise."""
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=workers,
                                          pin_memory=device.type == "cuda", generator=torch.Generator(),
                                          worker_init_fn=leave_signals_to_main)
@@ -337,8 +334,7 @@ def draw_synthetic_face(rng, size):
 
 
 def synth(args):
-    """Write a procedural face dataset, so the whole workflow runs without a download. The faces go
-    to a temporary folder renamed at the end, so an interrupted run never leaves a partial dataset."""
+    """A procedural face dataset, so all runs without a download; written aside, renamed when complete."""
     if os.path.exists(args.out):
         raise UserError(f"{args.out} already exists: delete it or choose another --out")
     partial = args.out.rstrip("/") + ".partial"
@@ -412,6 +408,8 @@ def init_weights(m):
 
 def load_checkpoint(path, device="cpu"):
     """torch.load with weights_only=True: tensors and plain containers only, so a file can never run code."""
+    if os.path.isdir(path):
+        raise UserError(f"{path} is a directory: give a .pth file, e.g. {os.path.join(path, 'checkpoint.pth')}")
     if not os.path.isfile(path):
         raise UserError(f"checkpoint {path} not found")
     try:
@@ -442,18 +440,12 @@ def model_state(checkpoint, key, path):
     return clean
 
 
-def conv_weights(state):
-    """The 4-D conv weights of a `main` Sequential, in layer order."""
-    weights = [(int(k.split(".")[1]), v) for k, v in state.items()
-               if k.startswith("main.") and k.endswith(".weight") and v.dim() == 4]
-    return [v for _, v in sorted(weights, key=lambda kv: kv[0])]
-
-
 def generator_config(state, path):
-    """nz, ngf, nc and image size read from the tensor shapes, so `sample` needs no flags."""
+    """nz, ngf, nc and image size read from the conv weights' shapes, so `sample` needs no flags."""
     if "main.1.weight" not in state:  # G has BatchNorm at main.1; D has a parameter-free LeakyReLU
         raise UserError(f"{path} looks like a discriminator; sample needs the generator (the *_g.pth file)")
-    convs = conv_weights(state)
+    layers = sorted((k for k in state if k.startswith("main.")), key=lambda k: int(k.split(".")[1]))
+    convs = [state[k] for k in layers if k.endswith(".weight") and state[k].dim() == 4]
     nz, ngf, nc = convs[0].shape[0], convs[-1].shape[0], convs[-1].shape[1]
     return dict(nz=nz, ngf=ngf, nc=nc, image_size=4 * 2 ** (len(convs) - 1))
 
@@ -483,18 +475,16 @@ def choose_device(name):
 
 
 def choose_amp(name, device):
-    """The autocast dtype, or None for full fp32. auto: bf16 on GPUs that have it (Ampere and newer) and
-    on CPUs with native bf16 maths (AVX-512 BF16, AMX), fp16 with a GradScaler on older GPUs."""
+    """The autocast dtype, or None for fp32. auto: bf16 on GPUs that have it (Ampere on) and on CPUs with
+    native bf16 (AVX-512 BF16 or AMX, PyTorch not capped below AVX-512 by ATEN_CPU_CAPABILITY; elsewhere
+    bf16 is emulated at ~1% of fp32's speed), fp16 with a GradScaler on older GPUs. bench.py asks it too."""
     if name != "auto":
         return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:  # not Linux: bf16 on the CPU only with an explicit --amp bf16
-        flags = ""
-    return torch.bfloat16 if device.type == "cpu" and ("avx512_bf16" in flags or "amx_bf16" in flags) else None
+    flags = Path("/proc/cpuinfo").read_text() if os.path.exists("/proc/cpuinfo") else ""  # not Linux: no bf16
+    native = ("avx512_bf16" in flags or "amx_bf16" in flags) and torch.backends.cpu.get_cpu_capability() == "AVX512"
+    return torch.bfloat16 if device.type == "cpu" and native else None
 
 
 def train_step(G, D, opt_g, opt_d, scaler, real, nz, amp_dtype):
@@ -575,32 +565,46 @@ def save_checkpoint(path, G, D, opt_g, opt_d, fixed_noise, history, epoch, step,
                  "epoch": epoch, "step": step, "fixed_noise": fixed_noise, "history": history,
                  "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
                          "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-                 "args": {k: v for k, v in vars(args).items() if k != "func"}}, path)
+                 "args": {k: v for k, v in vars(args).items() if k in TRAIN_DEFAULTS}}, path)
 
 
-def match_checkpoint_args(args, saved):
-    """On --resume the architecture comes from the checkpoint. A flag left at its default takes the
-    checkpoint's value; one set to something else is a contradiction the user must resolve."""
-    conflicts = []
-    for name, default in ARCHITECTURE_DEFAULTS.items():
+def restore_run_flags(args, saved):
+    """--resume continues the run as it was: a flag not typed (args.given) takes the checkpoint's value. A typed
+    one that defines the run (RUN_FLAGS) must agree; other changes (--epochs, --lr...) are returned for the log."""
+    conflicts, changes = [], []
+    for name in (TRAIN_DEFAULTS.keys() & saved.keys()) - {"resume", "init_g", "init_d"}:
         mine, theirs = getattr(args, name), saved[name]
-        if mine != theirs:
-            if mine == default:
-                setattr(args, name, theirs)
-            else:
-                conflicts.append(f"--{name.replace('_', '-')} {mine} (checkpoint: {theirs})")
+        if name not in getattr(args, "given", TRAIN_DEFAULTS):
+            setattr(args, name, theirs)
+        elif mine != theirs:
+            flag = f"--{name.replace('_', '-')} {mine} (checkpoint: {theirs})"
+            (conflicts if name in RUN_FLAGS else changes).append(flag)
     if conflicts:
-        raise UserError("--resume checkpoint was trained with other settings: " + ", ".join(conflicts)
+        raise UserError("--resume checkpoint was trained with other settings: " + ", ".join(sorted(conflicts))
                         + "; drop these flags or start a new run")
+    return sorted(changes)
 
 
-def check_writable(folder):
+def claim_out_folder(folder):
+    """Make --out, check that it is writable and lock it, for a second run there would interleave its files
+    with ours. The lock (flock on --out/.lock) ends with this process however it ends. Keep the file open."""
     try:
         os.makedirs(folder, exist_ok=True)
+        lock = open(os.path.join(folder, ".lock"), "a+")
     except OSError as e:
         raise UserError(f"cannot write to --out {folder}: {e.strerror}; choose another --out") from None
-    if not os.access(folder, os.W_OK):
-        raise UserError(f"cannot write to --out {folder}: permission denied; choose another --out")
+    if os.name != "nt":  # Windows has no flock: one run per folder is up to the user there
+        import fcntl
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.seek(0)
+            raise UserError(f"--out {folder} is in use by another training run (pid {lock.read().strip() or '?'}): "
+                            "let it finish, stop it, or choose another --out") from None
+    lock.truncate(0)
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
 
 
 def record_losses(pending, history, path, checkpoint):
@@ -619,10 +623,11 @@ def record_losses(pending, history, path, checkpoint):
     return torch.cat([history, rows])
 
 
+@contextlib.contextmanager
 def stop_requests(second_ctrl_c_stops_at_once=True):
-    """Ctrl-C and SIGTERM (Colab, Slurm, `kill`) only ask the loop to stop: it finishes the step in
-    flight, saves a checkpoint and exits. A second Ctrl-C stops at once, except under torchrun, which
-    forwards the terminal's Ctrl-C to processes that already got it."""
+    """Inside it, Ctrl-C and SIGTERM (Colab, Slurm, `kill`) only ask the loop to stop: it finishes the
+    step in flight, saves a checkpoint and exits. A second Ctrl-C stops at once, except under torchrun,
+    which forwards the terminal's Ctrl-C to processes that already got it. Yields the signals received."""
     received = []
 
     def on_signal(signum, frame):
@@ -630,15 +635,11 @@ def stop_requests(second_ctrl_c_stops_at_once=True):
             raise KeyboardInterrupt
         received.append(signum)
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    return received, previous
-
-
-def resume_command(args, checkpoint, world):
-    flags = [f"--data {args.data}", f"--out {args.out}", f"--epochs {args.epochs}"]
-    flags += [f"--save-{m} {getattr(args, 'save_' + m)}" for m in "gd"
-              if getattr(args, "save_" + m) != f"DCGAN_celeba_{m}.pth"]
-    launcher = f"torchrun --standalone --nproc_per_node={world} dcgan.py" if world > 1 else "python dcgan.py"
-    return f"{launcher} train --resume {checkpoint} " + " ".join(flags)
+    try:
+        yield received
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def warn_skipped(names):
@@ -714,9 +715,8 @@ def restore_training(resume, args, G, D, opt_g, opt_d):
 
 
 def stop_agreed(stop, device, flags):
-    """Under torchrun every rank must stop after the same step, or the others would wait forever in
-    the next all-reduce. Each step all-reduces its stop flag and reads the previous step's (queued
-    in `flags`): reading this step's would make the host wait for the GPU every step."""
+    """Under torchrun every rank must stop after the same step, or the others would wait forever. Each step
+    all-reduces its stop flag and reads the previous step's (queued in `flags`), so the host never waits."""
     if not dist.is_initialized():
         return bool(stop)
     flags.append(torch.full((1,), len(stop), device=device))
@@ -728,6 +728,14 @@ def stop_agreed(stop, device, flags):
 
 
 def train(args):
+    if args.resume and (args.init_g or args.init_d):
+        raise UserError("--resume continues a run with its own weights; --init-g/--init-d start a new one: use one")
+    resume, changes = load_checkpoint(args.resume) if args.resume else None, []
+    if resume is not None:
+        if not (isinstance(resume, dict) and {"generator", "epoch", "args"} <= set(resume)):
+            raise UserError(f"{args.resume} is not a checkpoint.pth from `dcgan.py train` (only weights?); "
+                            "use --init-g/--init-d to start from plain weights")
+        changes = restore_run_flags(args, resume["args"])
     rank, world, device = setup_distributed(args)
     master = rank == 0  # only rank 0 logs and writes files
     if args.sync_bn and (world == 1 or device.type != "cuda"):
@@ -737,15 +745,8 @@ def train(args):
                         "ConvTranspose2d gradients (pytorch/pytorch#171622); train without --compile")
     say = print if master else (lambda *a, **k: None)
     amp_dtype = choose_amp(args.amp, device)
-    resume = load_checkpoint(args.resume) if args.resume else None
-    if resume is not None:
-        if not (isinstance(resume, dict) and {"generator", "epoch", "args"} <= set(resume)):
-            raise UserError(f"{args.resume} is not a checkpoint.pth from `dcgan.py train` (only weights?); "
-                            "use --init-g/--init-d to start from plain weights")
-        match_checkpoint_args(args, resume["args"])
     paths = find_images(args.data)
-    if master:
-        check_writable(args.out)
+    out_lock = claim_out_folder(args.out) if master else None  # held until train() returns
     torch.manual_seed(args.seed)  # the same initial weights on every rank
     random.seed(args.seed)
     if args.deterministic:  # cuDNN's and cuBLAS's fastest kernels may sum in a different order each run
@@ -780,7 +781,7 @@ def train(args):
         if not len(real_grid):
             raise UserError(f"none of the first {args.batch_size * len(first_batches)} images under --data "
                             "could be decoded")
-        save_grid(real_grid.float() / 255, os.path.join(args.out, "real_samples.png"))
+        save_image(real_grid.float() / 255, os.path.join(args.out, "real_samples.png"))  # 8 a row
         if os.path.exists(losses_csv):  # rewritten from the history: rows logged after the checkpoint go
             os.remove(losses_csv)
         if len(history):
@@ -799,16 +800,17 @@ def train(args):
         per_device = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters
                       else {"broadcast_buffers": False})  # BatchNorm running stats: never overwritten by rank 0's
         G_train, D_train = (DDP(m, device_ids=ids, **per_device) for m in (G, D))
-    n_params = sum(p.numel() for p in G.parameters()), sum(p.numel() for p in D.parameters())
+    n_params = [sum(p.numel() for p in m.parameters()) for m in (G, D)]
     say(f"{n} images in {args.data} | {args.image_size}x{args.image_size} | device {device} | "
         f"amp {str(amp_dtype).replace('torch.', '') if amp_dtype else 'off'} | "
         f"{'files' if args.no_cache else 'cached'} data | G {n_params[0]:,} params, D {n_params[1]:,} params "
         f"| epochs {start_epoch + 1}-{args.epochs} | world size {world}, batch {args.batch_size} per process, "
         f"global batch {global_batch}", flush=True)
+    if changes:
+        say(f"resuming {args.resume} with changed flags: {', '.join(changes)}")
 
-    stop, previous_handlers = stop_requests(second_ctrl_c_stops_at_once=world == 1)
     stop_flags = []
-    try:
+    with stop_requests(second_ctrl_c_stops_at_once=world == 1) as stop:
         for epoch in range(start_epoch, args.epochs):
             first = start_step if epoch == start_epoch else 0  # mid-epoch resume skips the batches done
             batches = epoch_batches(n, args.batch_size, args.seed, epoch, rank, world)[first:]
@@ -834,26 +836,21 @@ def train(args):
                 if stopping:
                     if master:
                         save_checkpoint(checkpoint, G, D, opt_g, opt_d, fixed_noise, history, epoch, i + 1, args)
+                    # The resume command is complete: --resume restores every other flag from the checkpoint.
+                    run = f"torchrun --standalone --nproc_per_node={world}" if world > 1 else "python"
                     say(f"stopped by {signal.Signals(stop[0]).name} at epoch {epoch + 1}, iteration {i + 1}; "
-                        f"saved {checkpoint}. Resume with: {resume_command(args, checkpoint, world)}", flush=True)
+                        f"saved {checkpoint}. Resume with: {run} dcgan.py train --resume {checkpoint}", flush=True)
                     sys.exit(128 + stop[0])
             if bad_files and epoch == start_epoch and master:  # every file has been tried once by now
                 warn_skipped([os.path.basename(paths[j]) for j in sorted(bad_files)])
-            if world > 1:  # the images all ranks trained on this epoch, for the log
-                counts = torch.full((1,), epoch_images, device=device)
-                dist.all_reduce(counts)
-                epoch_images = int(counts.item())
             if master:
                 fakes = generate(G, fixed_noise, device)
-                save_grid(fakes, os.path.join(args.out, f"epoch_{epoch + 1:03d}.png"))
+                save_image(fakes, os.path.join(args.out, f"epoch_{epoch + 1:03d}.png"))
                 atomic_save(G.state_dict(), args.save_g)
                 atomic_save(D.state_dict(), args.save_d)
                 save_checkpoint(checkpoint, G, D, opt_g, opt_d, fixed_noise, history, epoch + 1, 0, args)
-            say(f"epoch {epoch + 1} done: {epoch_images:,} images | {args.out}/epoch_{epoch + 1:03d}.png, "
+            say(f"epoch {epoch + 1} done: {epoch_images * world:,} images | {args.out}/epoch_{epoch + 1:03d}.png, "
                 f"{args.save_g}, {checkpoint}", flush=True)
-    finally:
-        for signum, handler in previous_handlers.items():
-            signal.signal(signum, handler)
     if master:
         plot_losses(history, os.path.join(args.out, "loss.png"))
         save_progress_gif(args.out, os.path.join(args.out, "progress.gif"))
@@ -889,8 +886,7 @@ def generate(G, z, device, chunk=256):
 
 
 def latent_vectors(n, nz, seed):
-    """n latent vectors drawn one at a time from one seeded generator, so vector k is the same
-    whatever n is (one big randn would lay the numbers out differently for different sizes)."""
+    """n latents drawn one at a time from one seeded generator: vector k is the same whatever n is."""
     g = torch.Generator().manual_seed(seed)
     return torch.stack([torch.randn(nz, generator=g) for _ in range(n)])
 
@@ -911,32 +907,30 @@ def interpolation_latents(rows, steps, nz, seed):
 
 
 def sample(args):
+    """--n faces (or interpolation rows) into a grid and, with --separate, one PNG each. They are drawn
+    256 at a time and written as they come, so --n 100000 never holds 100,000 images in memory."""
     device = choose_device(args.device)
     seed = args.seed if args.seed is not None else random.randrange(2**31)
     G = load_generator(args.ckpt, device)
     nz = G.main[0].in_channels
     if args.interpolate:
-        rows = max(1, args.n // args.interpolate)
-        images = generate(G, interpolation_latents(rows, args.interpolate, nz, seed), device)
-        nrow = args.interpolate
+        nrow = args.interpolate  # one row per path
+        z = interpolation_latents(max(1, args.n // nrow), nrow, nz, seed)
     else:
-        images, nrow = generate(G, latent_vectors(args.n, nz, seed), device), args.nrow
+        z, nrow = latent_vectors(args.n, nz, seed), args.nrow
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    save_grid(images[:256], args.out, nrow)  # a grid of thousands (e.g. for FID) helps nobody
-    if args.separate:
-        os.makedirs(args.separate, exist_ok=True)
-        for k, image in enumerate(images):
+    os.makedirs(args.separate or ".", exist_ok=True)
+    for start in range(0, len(z), 256):
+        images = generate(G, z[start:start + 256], device)
+        if not start:  # the grid shows the first 256 at most: a grid of thousands helps nobody
+            save_image(images, args.out, nrow=nrow)
+        for k, image in enumerate(images if args.separate else [], start):
             save_image(image, os.path.join(args.separate, f"{k:06d}.png"))
-    print(f"wrote {len(images)} images to {args.out}" + (f" and {args.separate}/" if args.separate else "")
+    print(f"wrote {len(z)} images to {args.out}" + (f" and {args.separate}/" if args.separate else "")
           + f" ({images.shape[-1]}x{images.shape[-1]}, seed {seed})")
 
 
 # ----------------------------------------------------------------------------- plots
-
-def save_grid(images, path, nrow=8):
-    """images in [0, 1], written as one grid PNG."""
-    save_image(images, path, nrow=nrow, padding=2)
-
 
 def pyplot():
     """matplotlib, imported only when a plot is drawn (it is slow to import), writing files only."""
@@ -990,10 +984,16 @@ def save_real_vs_fake(real, fake, path):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if args.command == "train":  # the flags typed, which --resume keeps; it restores the others
+        args.given = set(vars(build_parser(defaults=False).parse_args(argv))) & TRAIN_DEFAULTS.keys()
     try:
         args.func(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except (MemoryError, torch.OutOfMemoryError):
+        print("error: out of memory: lower --batch-size (or --image-size, --ngf, --ndf); saved files are intact",
+              file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

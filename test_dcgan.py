@@ -286,27 +286,45 @@ def test_resume_at_an_epoch_boundary_is_exact(faces, tmp_path):
                                                      (signal.SIGTERM, 143, ["--no-cache", "--workers", 2])])
 def test_a_signal_saves_the_last_step_and_resume_continues_mid_epoch(faces, tmp_path, signum, code, data_path):
     """The signal goes to the whole process group, as Ctrl-C in a terminal or a scheduler sends it,
-    so DataLoader workers get it too (the --no-cache case)."""
+    so DataLoader workers get it too (the --no-cache case). The run uses a batch size and a seed of its
+    own, and is resumed with exactly the command it printed: --resume restores every flag."""
     straight, split = tmp_path / "straight", tmp_path / "split"
-    epochs = 6
-    cmd = [sys.executable, "-u", str(HERE / "dcgan.py"), *map(str, train_args(faces, split, epochs, *data_path))]
+    epochs, own = 6, [*data_path, "--batch-size", 12, "--seed", 5]  # 48 images: 4 iterations an epoch
+    cmd = [sys.executable, "-u", str(HERE / "dcgan.py"), *map(str, train_args(faces, split, epochs, *own))]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     for line in proc.stdout:
-        if line.startswith(f"[2/{epochs}][3/6]"):  # mid-way through the second epoch
+        if line.startswith(f"[2/{epochs}][2/4]"):  # mid-way through the second epoch
             os.killpg(proc.pid, signum)
             break
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == code, err
     assert "Traceback" not in err
     stopped = [line for line in out.splitlines() if line.startswith("stopped by")]
-    assert len(stopped) == 1 and f"--resume {split / 'checkpoint.pth'}" in stopped[0]
+    assert len(stopped) == 1
+    printed = stopped[0].split("Resume with: ")[1]
+    assert printed == f"python dcgan.py train --resume {split / 'checkpoint.pth'}"
     ckpt = torch.load(split / "checkpoint.pth", weights_only=True)
     assert (ckpt["epoch"], ckpt["step"]) < (epochs, 0)
-    assert len(ckpt["history"]) == 6 * ckpt["epoch"] + ckpt["step"]  # every finished step is kept
-    result = run_cli(*train_args(faces, split, epochs, "--resume", split / "checkpoint.pth", *data_path))
+    assert len(ckpt["history"]) == 4 * ckpt["epoch"] + ckpt["step"]  # every finished step is kept
+    result = subprocess.run([sys.executable, *printed.split()[1:]], capture_output=True, text=True, cwd=HERE)
     assert result.returncode == 0, result.stderr
-    assert run_cli(*train_args(faces, straight, epochs, *data_path)).returncode == 0
+    assert "changed flags" not in result.stdout and "global batch 12" in result.stdout
+    assert run_cli(*train_args(faces, straight, epochs, *own)).returncode == 0
     assert_same_run(straight, split, epochs)
+
+
+def test_resume_says_once_which_flags_changed_and_refuses_init_weights(trained, faces, tmp_path, capsys):
+    out, _ = trained
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    (resumed / "checkpoint.pth").write_bytes((out / "checkpoint.pth").read_bytes())
+    assert run_main("train", "--resume", resumed / "checkpoint.pth", "--out", resumed, "--epochs", 3, "--lr", 1e-4,
+                    "--save-g", resumed / "g.pth", "--save-d", resumed / "d.pth") == 0
+    log = capsys.readouterr().out
+    assert log.count("with changed flags: --epochs 3 (checkpoint: 2), --lr 0.0001 (checkpoint: 0.0002), --out ") == 1
+    assert "batch 8 per process" in log and "32x32" in log  # the rest came from the checkpoint
+    assert run_main("train", "--resume", resumed / "checkpoint.pth", "--init-g", out / "g.pth") == 2
+    assert "use one" in capsys.readouterr().err
 
 
 def test_kill_9_while_saving_never_leaves_a_broken_checkpoint(tmp_path):
@@ -540,12 +558,21 @@ def test_compile_on_cuda_is_one_clear_line(faces, tmp_path, capsys, monkeypatch)
     assert not list(tmp_path.iterdir())  # nothing written
 
 
+def test_choose_amp_picks_bf16_on_a_cpu_only_where_pytorch_runs_it_natively(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")  # an AVX2-only CPU (or capped)
+    assert dcgan.choose_amp("auto", cpu) is None
+    assert dcgan.choose_amp("bf16", cpu) == torch.bfloat16 and dcgan.choose_amp("off", cpu) is None
+
+
 def test_bench_runs_both_pipelines_and_writes_every_field(faces, tmp_path):
+    """As on an AVX2-only CPU (ATEN_CPU_CAPABILITY caps PyTorch there): no emulated bf16 anywhere, and
+    seconds, not the 18 minutes an emulated bf16 peak measurement took."""
     out = tmp_path / "bench.json"
     flags = ["--data", faces, "--steps", 2, "--warmup", 1, "--batch-size", 8, "--image-size", 32, "--workers", 0,
              "--out", out]
-    result = subprocess.run([sys.executable, str(HERE / "bench.py"), *map(str, flags)],
-                            capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    result = subprocess.run([sys.executable, str(HERE / "bench.py"), *map(str, flags)], capture_output=True,
+                            text=True, cwd=tmp_path, timeout=300, env={**os.environ, "ATEN_CPU_CAPABILITY": "avx2"})
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
     for side in ("baseline", "dcgan"):
@@ -553,6 +580,8 @@ def test_bench_runs_both_pipelines_and_writes_every_field(faces, tmp_path):
             assert field in report[side], (side, field)
         assert report[side]["train_img_s"] > 0 and report[side]["flops_per_img"] > 0
     assert report["dcgan"]["cache_build_img_s"] > 0 and set(report["speedup"]) == {"train", "data"}
+    if report["device"] == "cpu":
+        assert list(report["peaks"]) == ["float32"] and report["dcgan"]["dtype"] == "float32"
     assert "speed-up: training" in result.stdout
 
 
@@ -633,6 +662,21 @@ def test_image_k_does_not_depend_on_n(trained, tmp_path):
     # On a GPU, cuDNN may pick other kernels for a batch of 1 and of 5: the same image up to rounding.
     assert np.abs(first_alone - first_of_5).max() <= (1 if DEVICE.startswith("cuda") else 0)
     assert not np.array_equal(first_alone, second)
+
+
+def test_sample_draws_and_writes_in_chunks_of_256(trained, tmp_path, monkeypatch):
+    """--n 100000 for FID must not hold 100,000 images: each chunk is written before the next is drawn."""
+    out, _ = trained
+    chunks, generate = [], dcgan.generate
+    def recording(G, z, device):
+        chunks.append((len(z), len(list((tmp_path / "each").glob("*.png")))))  # images already on disk
+        return generate(G, z, device)
+    monkeypatch.setattr(dcgan, "generate", recording)
+    assert run_main("sample", "--ckpt", out / "g.pth", "--n", 600, "--seed", 0, "--out", tmp_path / "grid.png",
+                    "--separate", tmp_path / "each", "--device", DEVICE) == 0
+    assert chunks == [(256, 0), (256, 256), (88, 512)]
+    assert len(list((tmp_path / "each").glob("*.png"))) == 600
+    assert Image.open(tmp_path / "grid.png").size == (8 * 32 + 9 * 2, 32 * 32 + 33 * 2)  # 256 images, 8 a row
 
 
 def test_slerp_keeps_endpoints_and_norm():
@@ -720,6 +764,7 @@ def test_a_pickle_that_runs_code_is_refused(tmp_path, capsys, how):
     ("truncated", "not a readable PyTorch checkpoint: truncated"),
     ({"weights": [1, 2, 3]}, "not a DCGAN state_dict"),
     ("discriminator", "looks like a discriminator"),
+    ("directory", "is a directory: give a .pth file"),
 ])
 def test_bad_checkpoints_give_one_clear_line(trained, tmp_path, capsys, content, message):
     out, _ = trained
@@ -728,6 +773,8 @@ def test_bad_checkpoints_give_one_clear_line(trained, tmp_path, capsys, content,
         path.write_bytes((out / "g.pth").read_bytes()[:3000])
     elif content == "discriminator":
         path.write_bytes((out / "d.pth").read_bytes())
+    elif content == "directory":
+        path.mkdir()
     elif isinstance(content, bytes):
         path.write_bytes(content)
     elif content is not None:
@@ -774,11 +821,47 @@ def test_corrupt_images_are_skipped_with_one_warning(faces, tmp_path, capsys):
 @pytest.mark.parametrize("flags, message", [
     (["--image-size", "48"], "invalid choice: 48 (choose from 32, 64, 128, 256)"),
     (["--batch-size", "0"], "must be at least 1"),
-    (["--lr", "-1"], "must be greater than 0"),
+    (["--lr", "-1"], "must be above 0 and below 1"),
+    (["--lr", "nan"], "must be above 0 and below 1"),
+    (["--beta1", "1.5"], "must be at least 0 and below 1"),
+    (["--ngf", "5000"], "must be at least 1 and below 2048"),
+    (["--seed", "-1"], "must be at least 0 and below 4294967296"),
+    (["--workers", "-2"], "must be at least 0"),
 ])
 def test_bad_flag_values_are_argparse_errors(flags, message, capsys):
     assert run_main("train", *flags) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_second_run_on_the_same_out_is_refused_until_the_first_ends(faces, tmp_path, capsys):
+    out = tmp_path / "out"
+    first = dcgan.claim_out_folder(str(out))  # as a running `train` holds it
+    args = ["train", "--data", faces, "--out", out, "--epochs", 1, *TINY, "--save-g", out / "g.pth",
+            "--save-d", out / "d.pth"]
+    assert run_main(*args) == 2
+    err = capsys.readouterr().err
+    assert f"--out {out} is in use by another training run (pid {os.getpid()})" in err
+    assert not (out / "checkpoint.pth").exists()
+    first.close()  # the first run ends (a crash or kill -9 closes it too): its .lock file stays, stale
+    assert (out / ".lock").exists() and run_main(*args) == 0
+
+
+def test_an_image_name_that_is_not_utf8_is_used(faces, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(faces, data)
+    first = sorted(data.rglob("*.jpg"))[0]
+    os.rename(first, os.path.join(os.fsencode(first.parent), b"caf\xe9-latin1.jpg"))  # as on old archives
+    assert run_main("train", "--data", data, "--out", tmp_path / "out", "--epochs", 1, *TINY,
+                    "--save-g", tmp_path / "g.pth", "--save-d", tmp_path / "d.pth") == 0
+
+
+def test_running_out_of_memory_is_one_clear_line(faces, tmp_path, capsys, monkeypatch):
+    def oom(*args):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+    monkeypatch.setattr(dcgan, "train_step", oom)
+    assert run_main("train", "--data", faces, "--out", tmp_path, *TINY) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: out of memory: lower --batch-size") and len(err.strip().splitlines()) == 1
 
 
 def test_unwritable_out_is_reported_before_training(faces, tmp_path, capsys):
