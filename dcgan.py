@@ -9,7 +9,9 @@
     torchrun --standalone --nproc_per_node=4 dcgan.py train --epochs 50        # 4 GPUs, one node
     torchrun --nnodes=2 --nproc_per_node=8 --rdzv_endpoint=HOST:29500 dcgan.py train ...
 
-The file reads top to bottom as data flows: arguments, data, models, training, sampling, plots, main.
+Part 1 is the DCGAN in the PyTorch tutorial's order: the paper's hyperparameters, the two networks,
+their init, the optimizers, one training step, the epoch loop, sampling. Part 2 is what a real run
+needs around it (data cache, checkpoints, torchrun, precision, logs, plots, the command line).
 """
 import argparse
 import contextlib
@@ -23,9 +25,10 @@ import pickle
 import random
 import signal
 import sys
-import warnings
 import time
+import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import torch.distributed as dist
@@ -37,316 +40,22 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torchvision.utils import make_grid, save_image
 
 
-class UserError(Exception):
-    """A mistake the user can fix: main() prints it as one line and exits with code 2."""
-
-
-# ----------------------------------------------------------------------------- arguments
-
-def number(cast, low, high=None, low_included=True):
-    """An argparse type: a number from low (included or not) up to, not including, high."""
-    def parse(text):
-        value = cast(text)
-        if not ((value >= low if low_included else value > low) and (high is None or value < high)):
-            bounds = f"{'at least' if low_included else 'above'} {low}" + (f" and below {high}" if high else "")
-            raise argparse.ArgumentTypeError(f"must be {bounds}, got {text}")
-        return value
-    return parse
-
-
-IMAGE_SIZES = (32, 64, 128, 256)  # one up/down-sampling block per doubling from 4x4
-SEED = number(int, 0, 2**32)
-TRAIN_DEFAULTS = dict(data="datasets/extracted", out="results", epochs=5, batch_size=128, image_size=64, nz=100,
-                      ngf=64, ndf=64, lr=2e-4, beta1=0.5, workers=4, cache_dir="datasets/cache", no_cache=False,
-                      compile=False, deterministic=False, sync_bn=False, seed=999, device="auto", amp="auto",
-                      log_every=50, save_g="DCGAN_celeba_g.pth", save_d="DCGAN_celeba_d.pth",
-                      resume=None, init_g=None, init_d=None)
-# The flags that define a run: --resume takes them from the checkpoint and refuses a different value.
-RUN_FLAGS = ("image_size", "nz", "ngf", "ndf", "batch_size", "seed", "amp", "no_cache", "deterministic")
-
-
-def build_parser(defaults=True):
-    """The command line; defaults=False leaves out train's flags not typed: --resume restores those."""
-    formatter = argparse.ArgumentDefaultsHelpFormatter
-    parser = argparse.ArgumentParser(description="Train a DCGAN on faces and sample from it.")
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    t = commands.add_parser("train", help="train G and D on a folder of images", formatter_class=formatter,
-                            argument_default=argparse.SUPPRESS)
-    t.add_argument("--data", help="folder searched recursively for images")
-    t.add_argument("--out", help="folder for grids, plots, losses.csv, checkpoint.pth")
-    t.add_argument("--epochs", type=number(int, 1), help="total epochs (also when resuming)")
-    t.add_argument("--batch-size", type=number(int, 1), help="per process (GPU) under torchrun")
-    t.add_argument("--image-size", type=int, choices=IMAGE_SIZES, help="32, 64, 128 or 256")
-    t.add_argument("--nz", type=number(int, 1, 10000), help="length of the latent z")
-    t.add_argument("--ngf", type=number(int, 1, 2048), help="generator width")
-    t.add_argument("--ndf", type=number(int, 1, 2048), help="discriminator width")
-    t.add_argument("--lr", type=number(float, 0, 1, low_included=False), help="Adam learning rate (DCGAN paper)")
-    t.add_argument("--beta1", type=number(float, 0, 1), help="Adam beta1 (DCGAN paper: 0.5, not 0.9)")
-    t.add_argument("--workers", type=number(int, 0, 256), help="image-decoding processes (with --no-cache)")
-    t.add_argument("--cache-dir", help="where the decoded dataset is cached")
-    t.add_argument("--no-cache", action="store_true", help="decode every file every epoch instead of caching")
-    t.add_argument("--compile", action="store_true", help="torch.compile G and D (CPU only)")
-    t.add_argument("--deterministic", action="store_true", help="bit-identical runs on CUDA too (slower kernels)")
-    t.add_argument("--sync-bn", action="store_true", help="under torchrun: BatchNorm statistics over the global batch")
-    t.add_argument("--seed", type=SEED, help="data order, initial weights, noise")
-    t.add_argument("--device", help="auto (cuda, then mps, then cpu), cuda, cuda:1, mps, cpu")
-    t.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"], help="auto: bf16 where native, fp16 on old GPUs")
-    t.add_argument("--log-every", type=number(int, 1), help="iterations between log lines")
-    t.add_argument("--save-g", help="generator weights, written every epoch")
-    t.add_argument("--save-d", help="discriminator weights, written every epoch")
-    t.add_argument("--resume", metavar="PATH", help="continue a run from its checkpoint.pth, with its flags")
-    t.add_argument("--init-g", metavar="PATH", help="start G from saved weights (fresh optimizer)")
-    t.add_argument("--init-d", metavar="PATH", help="start D from saved weights (fresh optimizer)")
-    t.set_defaults(func=train, **(TRAIN_DEFAULTS if defaults else {}))
-
-    s = commands.add_parser("sample", help="draw faces from a trained generator", formatter_class=formatter)
-    s.add_argument("--ckpt", required=True, help="generator weights (ours, the tutorial's, or checkpoint.pth)")
-    s.add_argument("--n", type=number(int, 1), default=64, help="number of images")
-    s.add_argument("--nrow", type=number(int, 1), default=8, help="images per row in the grid")
-    s.add_argument("--seed", type=SEED, default=None, help="latent seed (default: random, printed)")
-    s.add_argument("--out", default="results/samples.png", help="grid image to write (at most 256 images)")
-    s.add_argument("--separate", metavar="DIR", help="also write every image as DIR/NNNNNN.png")
-    s.add_argument("--interpolate", type=number(int, 1), metavar="STEPS",
-                   help="draw n // STEPS rows, each a spherical path between two random latents")
-    s.add_argument("--device", default="auto")
-    s.set_defaults(func=sample)
-
-    y = commands.add_parser("synth", help="draw a procedural face-like dataset (no download)",
-                            formatter_class=formatter)
-    y.add_argument("--out", default="datasets/synth", help="folder for the JPEGs")
-    y.add_argument("--n", type=number(int, 1), default=6000, help="number of faces")
-    y.add_argument("--size", type=int, choices=IMAGE_SIZES, default=64, help="image side in pixels")
-    y.add_argument("--seed", type=SEED, default=0)
-    y.set_defaults(func=synth)
-    return parser
-
-
-# ----------------------------------------------------------------------------- data
-
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
-# What PIL raises for a broken, truncated, oversized or non-image file.
-IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning)
-
-
-def find_images(root):
-    """Every image file below root, sorted; labels and folder structure are ignored."""
-    hint = "run `make download` for CelebA, `make demo` for synthetic faces, or point --data at a folder of images"
-    if not os.path.isdir(root):
-        raise UserError(f"--data {root} does not exist: {hint}")
-    paths = sorted(str(p) for p in Path(root).rglob("*")
-                   if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-    if not paths:
-        raise UserError(f"--data {root} holds no images (jpg, jpeg, png, bmp, webp): {hint}")
-    return paths
-
-
-def load_image(path, size):
-    """Decode one file as in the DCGAN tutorial: Resize(size) + CenterCrop(size), RGB, uint8 [3, size, size]."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)  # skip giant images, don't decode them
-        img = Image.open(path)
-    with img:
-        img.draft("RGB", (size, size))  # JPEG: let libjpeg decode at a reduced scale (2-4x faster)
-        if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):  # 16-bit grey: keep the top 8 bits
-            img = img.convert("I").point(lambda v: v / 256).convert("L")
-        img = img.convert("RGBA").convert("RGB") if img.mode == "P" else img.convert("RGB")
-        img = TF.center_crop(TF.resize(img, size, antialias=True), size)
-    return TF.pil_to_tensor(img)
-
-
-class ImageFiles(torch.utils.data.Dataset):
-    """The image files as uint8 tensors. A file that fails to decode is marked bad (ok=False), not fatal."""
-
-    def __init__(self, paths, size):
-        self.paths, self.size = paths, size
-
-    def __len__(self):
-        return len(self.paths)
-
-    def __getitem__(self, i):
-        try:
-            return load_image(self.paths[i], self.size), True, i
-        except IMAGE_ERRORS:
-            return torch.zeros(3, self.size, self.size, dtype=torch.uint8), False, i
-
-
-def epoch_batches(n, batch_size, seed, epoch, rank=0, world=1):
-    """This process's index batches for one epoch: a fresh shuffle cut into global batches of world x
-    batch_size (the last partial one dropped), of which rank takes its slice. A pure function of (seed,
-    epoch): a resumed run sees exactly the uninterrupted run's batches, every rank the same shuffle."""
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 10007 + epoch))
-    step = batch_size * world
-    batches = order[: n // step * step].view(-1, world, batch_size)[:, rank]
-    return batches.tolist()
-
-
-def leave_signals_to_main(worker_id):
-    """Ctrl-C and SIGTERM reach every process of the group: workers leave them to the main process."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
+# ============================================================================= Part 1: the DCGAN
+# The paper's hyperparameters (section 4), the defaults of `train`'s flags:
+BATCH_SIZE = 128  # mini-batch SGD with batches of 128 for every model in the paper
+LR = 2e-4         # Adam's suggested 1e-3 "was too high", so 2e-4
+BETA1 = 0.5       # Adam's momentum term: at the usual 0.9 training oscillated and was unstable
+NZ = 100          # the length of z, the generator's random input
+NGF = NDF = 64    # the width of G's last and D's first layer (the tutorial's 64x64 networks)
+INIT_STD = 0.02   # every weight drawn from N(0, 0.02)
+IMAGE_SIZE = 64   # the paper's faces are 64x64
 
 def to_model_input(images, device):
-    """uint8 [0, 255] -> float [-1, 1] (G's Tanh range) on the device: converted after the copy, 4x fewer bytes."""
+    """uint8 [0, 255] -> float [-1, 1] (G's Tanh range), converted on the device: 4x fewer bytes to copy."""
     images = images.to(device, non_blocking=True).float().div_(127.5).sub_(1)
     return images.contiguous(memory_format=memory_format(device))
 
 
-def memory_format(device):
-    """channels_last (NHWC), the layout of cuDNN's and oneDNN's fastest convolutions (+30% fp32 on our CPU)."""
-    return torch.channels_last if device.type in ("cuda", "cpu") else torch.contiguous_format
-
-
-def cache_name(root, paths, size, cache_dir):
-    """The cache's name, from a hash of the folder, each file's name, size and mtime, and the image size."""
-    h = hashlib.sha1(os.fsencode(f"{os.path.abspath(root)}|{size}"))  # fsencode: names need not be UTF-8
-    for p in paths:
-        st = os.stat(p)
-        h.update(os.fsencode(f"|{p}|{st.st_size}|{st.st_mtime_ns}"))
-    return os.path.join(cache_dir, f"{Path(os.path.abspath(root)).name}-{size}px-{h.hexdigest()[:16]}")
-
-
-def decode_for_cache(job):
-    try:
-        return load_image(*job).numpy().tobytes()
-    except IMAGE_ERRORS:
-        return None
-
-
-def build_cache(paths, size, base):
-    """Decode every image once, on all cores, into base.u8 (raw uint8 [N, 3, S, S], undecodable files
-    left out) and base.json. Both are written under temporary names and renamed, the JSON last:
-    an interrupted build leaves nothing that a later run would load."""
-    os.makedirs(os.path.dirname(base) or ".", exist_ok=True)
-    bad, count, start, every = [], 0, time.perf_counter(), max(1000, len(paths) // 20)
-    try:
-        # Workers ignore Ctrl-C (the main process handles it); a stop still ends them with SIGTERM.
-        with open(base + ".u8.tmp", "wb") as f, \
-                multiprocessing.Pool(os.cpu_count(), signal.signal, (signal.SIGINT, signal.SIG_IGN)) as pool:
-            for k, data in enumerate(pool.imap(decode_for_cache, ((p, size) for p in paths), chunksize=64), 1):
-                if data is None:
-                    bad.append(os.path.basename(paths[k - 1]))
-                else:
-                    f.write(data)
-                    count += 1
-                if k % every == 0 or k == len(paths):
-                    speed = k / max(time.perf_counter() - start, 1e-9)
-                    print(f"decoding {k:,}/{len(paths):,} images once into the cache  {speed:,.0f} img/s  "
-                          f"ETA {format_time((len(paths) - k) / speed)}", flush=True)
-            pool.close()
-            pool.join()
-        if not count:
-            raise UserError(f"none of the {len(paths)} image files under --data could be decoded")
-        with open(base + ".json.tmp", "w") as f:
-            json.dump({"count": count, "size": size, "files": len(paths), "bad": bad}, f)
-        os.replace(base + ".u8.tmp", base + ".u8")
-        os.replace(base + ".json.tmp", base + ".json")
-    finally:
-        for tmp in (base + ".u8.tmp", base + ".json.tmp"):
-            if os.path.exists(tmp):
-                os.remove(tmp)
-
-
-def load_cache(base, size):
-    """(uint8 [N, 3, S, S] memory-mapped from disk, read on demand; metadata) of a complete cache, or None."""
-    try:
-        with open(base + ".json") as f:
-            meta = json.load(f)
-        nbytes = meta["count"] * 3 * size * size
-        if meta["size"] != size or os.path.getsize(base + ".u8") != nbytes or not nbytes:
-            return None
-    except (OSError, ValueError, KeyError):
-        return None
-    images = torch.from_file(base + ".u8", shared=False, size=nbytes, dtype=torch.uint8)
-    return images.view(meta["count"], 3, size, size), meta
-
-
-def place_cache(images, device):
-    """On a GPU the whole array moves to device memory when it fits (CelebA at 64x64 is 2.5 GB), so a
-    batch is one gather on the device; otherwise it stays in host memory."""
-    if device.type == "cuda" and images.numel() < 0.8 * torch.cuda.mem_get_info(device)[0] - 2**31:
-        return images.to(device)
-    return images
-
-
-def cached_batches(images, batches, device):
-    """Batches gathered from the decoded array in the epoch's order: no decoding, no workers. The indices
-    go to the device once an epoch: a tensor made from a list on a GPU is a blocking copy, a stall a step."""
-    for index in torch.tensor(batches, dtype=torch.long, device=images.device):  # [steps, batch]
-        if images.device.type == device.type:  # (compare types: "cuda" is not equal to "cuda:0")
-            yield images[index]
-        else:  # host array, GPU model: gather into pinned memory so the copy runs asynchronously
-            yield images[index].pin_memory().to(device, non_blocking=True)
-
-
-def classic_batches(dataset, batches, workers, device, bad_files):
-    """The classic path: DataLoader workers decode every file every epoch; undecodable ones are dropped
-    and noted. Its own torch.Generator: a new loader would draw a seed from the global RNG, shifting the noise."""
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=workers,
-                                         pin_memory=device.type == "cuda", generator=torch.Generator(),
-                                         worker_init_fn=leave_signals_to_main)
-    for images, ok, index in loader:
-        if not ok.all():
-            bad_files.update(index[~ok].tolist())
-            images = images[ok]
-        yield images
-
-
-def draw_synthetic_face(rng, size):
-    """A cartoon face with random skin, hair, eyes, mouth and backdrop, drawn at 4x and downsampled."""
-    s, r = size * 4, rng.uniform
-    top = [rng.randint(40, 220) for _ in range(3)]  # muted backdrops, like a photo studio
-    img = Image.new("RGB", (1, 2))  # two pixels stretched into a vertical gradient
-    img.putdata([tuple(top), tuple(max(0, min(255, c + rng.randint(-50, 50))) for c in top)])
-    img = img.resize((s, s), Image.BILINEAR)
-    d, tone = ImageDraw.Draw(img), r(0, 1)  # tone: dark to light skin
-    skin = tuple(min(255, int(a + b * tone) + rng.randint(-12, 12)) for a, b in ((90, 160), (55, 150), (35, 135)))
-    hair = rng.choice([(25, 20, 18), (60, 40, 25), (110, 75, 40), (200, 160, 90), (150, 60, 30), (130, 130, 130)])
-    cx, cy, rx = s * (0.5 + r(-0.04, 0.04)), s * (0.53 + r(-0.03, 0.03)), s * r(0.24, 0.3)
-    ry, long_hair = rx * r(1.2, 1.4), rng.random() < 0.5
-    box = lambda x0, y0, x1, y1: [cx + rx * x0, cy + ry * y0, cx + rx * x1, cy + ry * y1]  # face units
-    d.ellipse(box(-2, 0.95, 2, 2.6), fill=tuple(rng.randint(0, 255) for _ in range(3)))  # shoulders
-    d.rectangle(box(-0.35, 0.6, 0.35, 1.1), fill=skin)  # neck
-    d.ellipse(box(-1.15, -1.15, 1.15, 1.3 if long_hair else 0.2), fill=hair)
-    if long_hair:
-        d.rectangle(box(-1.15, -0.1, 1.15, 1.25), fill=hair)
-    d.ellipse(box(-1, -1, 1, 1), fill=skin)
-    d.chord(box(-1.02, -1.08, 1.02, 2 * r(0.35, 0.7) - 1), 180, 360, fill=hair)  # fringe
-    eye_y, eye_dx, e = -0.12, r(0.36, 0.46), r(0.13, 0.18)  # e: eye radius in units of rx
-    iris = rng.choice([(70, 45, 25), (40, 90, 150), (60, 110, 60), (30, 30, 30)])
-    for side in (-1, 1):
-        x = side * eye_dx
-        for w, h, color in ((1.3, 0.8, (245, 245, 240)), (0.6, 0.6, iris), (0.25, 0.25, (0, 0, 0))):
-            d.ellipse([cx + rx * (x - e * w), cy + ry * eye_y - rx * e * h,
-                       cx + rx * (x + e * w), cy + ry * eye_y + rx * e * h], fill=color)
-        brow = cy + ry * eye_y - rx * e * r(1.6, 2.2)
-        d.line([cx + rx * (x - 1.4 * e), brow + side * rx * e * 0.1, cx + rx * (x + 1.4 * e), brow],
-               fill=hair, width=max(2, s // 64))
-    d.line([cx, cy + ry * eye_y + rx * e, cx - rx * 0.08, cy + ry * 0.25, cx + rx * 0.05, cy + ry * 0.3],
-           fill=tuple(int(c * 0.8) for c in skin), width=max(2, s // 80))  # nose
-    lips, mouth_w = (int(150 + 60 * rng.random()), int(50 + 40 * rng.random()), int(60 + 40 * rng.random())), r(0.3, 0.5)
-    if rng.random() < 0.6:  # smile
-        d.chord(box(-mouth_w, 0.35, mouth_w, 0.62), 0, 180, fill=lips)
-    else:
-        d.ellipse(box(-mouth_w, 0.46, mouth_w, 0.56), fill=lips)
-    return img.resize((size, size), Image.LANCZOS)
-
-
-def synth(args):
-    """A procedural face dataset, so all runs without a download; written aside, renamed when complete."""
-    if os.path.exists(args.out):
-        raise UserError(f"{args.out} already exists: delete it or choose another --out")
-    partial = args.out.rstrip("/") + ".partial"
-    os.makedirs(partial, exist_ok=True)
-    for i in range(args.n):
-        face = draw_synthetic_face(random.Random(args.seed * 1_000_003 + i), args.size)
-        face.save(os.path.join(partial, f"face_{i:06d}.jpg"), quality=95)
-    os.replace(partial, args.out)
-    print(f"wrote {args.n} synthetic {args.size}x{args.size} faces to {args.out}/")
-
-
-# ----------------------------------------------------------------------------- models
 # DCGAN guidelines (paper, section 3): strided convolutions instead of pooling, BatchNorm in
 # both nets (not on G's output or D's input), no fully connected hidden layers, ReLU in G with
 # Tanh on its output, LeakyReLU(0.2) in D. At 64x64 the layers are exactly those of the PyTorch
@@ -355,7 +64,7 @@ def synth(args):
 class Generator(nn.Module):
     """z (nz) -> image (nc x S x S): a 4x4 projection, then one doubling block per octave."""
 
-    def __init__(self, nz=100, ngf=64, nc=3, image_size=64):
+    def __init__(self, nz=NZ, ngf=NGF, nc=3, image_size=IMAGE_SIZE):
         super().__init__()
         mult = image_size // 8  # 64x64: ngf*8 feature maps at 4x4, halved at each doubling
         layers = [nn.ConvTranspose2d(nz, ngf * mult, 4, 1, 0, bias=False),
@@ -373,11 +82,10 @@ class Generator(nn.Module):
     def forward(self, z):
         return self.main(z.view(z.size(0), -1, 1, 1))
 
-
 class Discriminator(nn.Module):
     """image (nc x S x S) -> one logit per image: one halving block per octave down to 4x4."""
 
-    def __init__(self, ndf=64, nc=3, image_size=64):
+    def __init__(self, ndf=NDF, nc=3, image_size=IMAGE_SIZE):
         super().__init__()
         layers = [nn.Conv2d(nc, ndf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=True)]
         # state size. ndf x S/2 x S/2   (no BatchNorm on D's input layer, per the paper)
@@ -396,102 +104,36 @@ class Discriminator(nn.Module):
     def forward(self, x):
         return self.main(x).view(-1)
 
-
 def init_weights(m):
     """DCGAN init: every conv weight from N(0, 0.02); BatchNorm scale from N(1, 0.02), shift 0."""
     if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-        nn.init.normal_(m.weight, 0.0, 0.02)
+        nn.init.normal_(m.weight, 0.0, INIT_STD)
     elif isinstance(m, nn.BatchNorm2d):
-        nn.init.normal_(m.weight, 1.0, 0.02)
+        nn.init.normal_(m.weight, 1.0, INIT_STD)
         nn.init.zeros_(m.bias)
 
+def build_models(args, device):
+    """G and D (the tutorial's netG and netD) with the DCGAN init, on the device, and their optimizers."""
+    G = Generator(args.nz, args.ngf, 3, args.image_size)
+    D = Discriminator(args.ndf, 3, args.image_size)
+    G.apply(init_weights)
+    D.apply(init_weights)
+    load_initial_weights(args, G, D)  # --init-g / --init-d: start from saved weights instead
+    G, D = (m.to(device, memory_format=memory_format(device)) for m in (G, D))
+    # Adam with beta1 = 0.5 (above); fused: the whole update in one kernel launch on CUDA.
+    opt_g, opt_d = (torch.optim.Adam(m.parameters(), lr=args.lr, betas=(args.beta1, 0.999),
+                                     fused=device.type == "cuda") for m in (G, D))
+    return G, D, opt_g, opt_d
 
-def load_checkpoint(path, device="cpu"):
-    """torch.load with weights_only=True: tensors and plain containers only, so a file can never run code."""
-    if os.path.isdir(path):
-        raise UserError(f"{path} is a directory: give a .pth file, e.g. {os.path.join(path, 'checkpoint.pth')}")
-    if not os.path.isfile(path):
-        raise UserError(f"checkpoint {path} not found")
-    try:
-        return torch.load(path, map_location=device, weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "Weights only load failed" in str(e):
-            raise UserError(f"refusing {path}: it holds Python objects, not just tensors, and unpickling "
-                            "them could run code; load only state_dicts (torch.save(model.state_dict()))") from None
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError):
-        pass
-    raise UserError(f"{path} is not a readable PyTorch checkpoint: truncated, corrupt or another kind of file")
-
-
-def model_state(checkpoint, key, path):
-    """The state_dict of one model from any format we accept: our checkpoint.pth (key 'generator' or
-    'discriminator') or a plain state_dict, with DataParallel 'module.' and torch.compile
-    '_orig_mod.' prefixes removed."""
-    state = checkpoint.get(key, checkpoint) if isinstance(checkpoint, dict) else checkpoint
-    if not isinstance(state, dict) or not state or not all(torch.is_tensor(v) for v in state.values()):
-        raise UserError(f"{path} is not a DCGAN state_dict or checkpoint")
-    clean = {}
-    for name, tensor in state.items():
-        while name.startswith(("module.", "_orig_mod.")):
-            name = name.split(".", 1)[1]
-        clean[name] = tensor
-    if "main.0.weight" not in clean:
-        raise UserError(f"{path} is not a DCGAN model: no main.0.weight (keys start {list(clean)[:3]})")
-    return clean
-
-
-def generator_config(state, path):
-    """nz, ngf, nc and image size read from the conv weights' shapes, so `sample` needs no flags."""
-    if "main.1.weight" not in state:  # G has BatchNorm at main.1; D has a parameter-free LeakyReLU
-        raise UserError(f"{path} looks like a discriminator; sample needs the generator (the *_g.pth file)")
-    layers = sorted((k for k in state if k.startswith("main.")), key=lambda k: int(k.split(".")[1]))
-    convs = [state[k] for k in layers if k.endswith(".weight") and state[k].dim() == 4]
-    nz, ngf, nc = convs[0].shape[0], convs[-1].shape[0], convs[-1].shape[1]
-    return dict(nz=nz, ngf=ngf, nc=nc, image_size=4 * 2 ** (len(convs) - 1))
-
-
-def load_weights(model, state, path, what):
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        detail = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), "")
-        raise UserError(f"{path} does not fit this {what}: {detail[:300]} "
-                        "(check --image-size, --nz, --ngf/--ndf against how it was trained)") from None
-
-
-# ----------------------------------------------------------------------------- training
-
-def choose_device(name):
-    """--device auto takes the first of cuda, mps and cpu that this machine has."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown --device {name}: use auto, cpu, cuda, cuda:N or mps") from None
-    if not {"cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available}.get(device.type, lambda: True)():
-        raise UserError(f"--device {name}: PyTorch sees no such device on this machine; use --device cpu")
-    return device
-
-
-def choose_amp(name, device):
-    """The autocast dtype, or None for fp32. auto: bf16 on GPUs that have it (Ampere on) and on CPUs with
-    native bf16 (AVX-512 BF16 or AMX, PyTorch not capped below AVX-512 by ATEN_CPU_CAPABILITY; elsewhere
-    bf16 is emulated at ~1% of fp32's speed), fp16 with a GradScaler on older GPUs. bench.py asks it too."""
-    if name != "auto":
-        return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    flags = Path("/proc/cpuinfo").read_text() if os.path.exists("/proc/cpuinfo") else ""  # not Linux: no bf16
-    native = ("avx512_bf16" in flags or "amx_bf16" in flags) and torch.backends.cpu.get_cpu_capability() == "AVX512"
-    return torch.bfloat16 if device.type == "cpu" and native else None
-
+def new_fixed_noise(nz, seed):
+    """The tutorial's fixed_noise: 64 latent vectors drawn once and kept (in the checkpoint too), so the
+    grid after every epoch shows the same 64 "faces" and you can watch each one improve."""
+    return torch.randn(64, nz, generator=torch.Generator().manual_seed(seed))
 
 def train_step(G, D, opt_g, opt_d, scaler, real, nz, amp_dtype):
-    """One DCGAN iteration on a batch of real images in [-1, 1].
-
-    Returns [Loss_D, Loss_G, D(x), D(G(z)) before D's update, D(G(z)) after] as one tensor on the
-    device, so nothing waits for the GPU until the caller asks for numbers at log time."""
+    """One DCGAN iteration on a batch of real images in [-1, 1]. Returns [Loss_D, Loss_G, D(x), D(G(z))
+    before D's update, D(G(z)) after] (the tutorial's errD, errG, D_x, D_G_z1, D_G_z2) as one tensor on
+    the device, so nothing waits for the GPU until the numbers are read at log time."""
     device = real.device
     autocast = torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
     b = real.size(0)
@@ -527,20 +169,379 @@ def train_step(G, D, opt_g, opt_d, scaler, real, nz, amp_dtype):
     probs = [torch.sigmoid(x.detach().float()).mean() for x in (logits_real, logits_fake, logits_gen)]
     return torch.stack([loss_d.detach().float(), loss_g.detach().float(), *probs])
 
+def train_epoch(run, epoch, stop):
+    """One pass over the data, as the tutorial's inner loop: fetch a batch, train on it, log now and
+    then. Returns how many images this process trained on. `run` holds what prepare_run set up."""
+    args = run.args
+    first = run.start_step if epoch == run.start_epoch else 0  # a resumed run skips the steps it did
+    batches = epoch_batches(run.n, args.batch_size, args.seed, epoch, run.rank, run.world)[first:]
+    pending, tick, seen, trained = [], time.perf_counter(), 0, 0
+    for i, images in enumerate(batches_from(run, batches), first):
+        # Train on the batch: uint8 images become floats in [-1, 1] on the device first.
+        if len(images) >= 2:  # BatchNorm needs two images (undecodable files can leave fewer)
+            stats = train_step(run.G_train, run.D_train, run.opt_g, run.opt_d, run.scaler,
+                               to_model_input(images, run.device), args.nz, run.amp_dtype)
+            pending.append((epoch, i, stats))
+            seen, trained = seen + len(images), trained + len(images)
+            if args.compile and i == first and epoch == run.start_epoch:
+                run.say(f"compiled G and D in {time.perf_counter() - tick:.1f} s (first step)")
+        # Log Loss_D, Loss_G, D(x), D(G(z)): the only time the host waits for the GPU.
+        stopping = stop_agreed(stop, run.device, run.stop_flags)
+        if pending and ((i + 1) % args.log_every == 0 or i + 1 == run.iters or stopping):
+            log_progress(run, pending, seen, tick, epoch, i)
+            pending, tick, seen = [], time.perf_counter(), 0
+        # Check for a stop request (Ctrl-C, SIGTERM): save this very step and exit.
+        if stopping:
+            stop_run(run, epoch, i + 1, stop[0])
+    return trained
 
-LOSS_COLUMNS = ["epoch", "iter", "loss_d", "loss_g", "d_x", "d_g_z1", "d_g_z2"]
+def end_epoch(run, epoch, trained):
+    """After each epoch: the fixed_noise faces into epoch_NNN.png, then G, D and the checkpoint."""
+    args = run.args
+    if run.master:
+        run.fakes = generate(run.G, run.fixed_noise, run.device)
+        save_image(run.fakes, os.path.join(args.out, f"epoch_{epoch + 1:03d}.png"))
+        atomic_save(run.G.state_dict(), args.save_g)
+        atomic_save(run.D.state_dict(), args.save_d)
+        save_checkpoint(run, epoch + 1, 0)
+        if run.bad_files and epoch == run.start_epoch:  # --no-cache: every file has been tried once now
+            warn_skipped([os.path.basename(run.paths[j]) for j in sorted(run.bad_files)])
+    run.say(f"epoch {epoch + 1} done: {trained * run.world:,} images | {args.out}/epoch_{epoch + 1:03d}.png, "
+            f"{args.save_g}, {run.checkpoint}")
+
+def train(args):
+    """`dcgan.py train`: G and D trained on --data for --epochs, epoch grids, weights, checkpoint and
+    plots written to --out. Stopped by Ctrl-C or SIGTERM, it saves the step it is at first."""
+    run = prepare_run(args)  # flags, device, data, models, optimizers, and a resumed run's state
+    with stop_requests(second_ctrl_c_stops_at_once=run.world == 1) as stop:
+        for epoch in range(run.start_epoch, args.epochs):
+            trained = train_epoch(run, epoch, stop)
+            end_epoch(run, epoch, trained)
+    finish_run(run)  # the loss plot, progress.gif and real beside fake
+
+@torch.no_grad()
+def generate(G, z, device, chunk=256):
+    """Images in [0, 1] for latent vectors z. Eval mode: BatchNorm uses its running statistics, so
+    each image depends only on its own z, never on the other images in the batch."""
+    was_training = G.training
+    G.eval()
+    images = torch.cat([G(part.to(device)).float().cpu() for part in z.split(chunk)])
+    G.train(was_training)
+    return (images + 1) / 2
+
+def latent_vectors(n, nz, seed):
+    """n latents drawn one at a time from one seeded generator: vector k is the same whatever n is."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.stack([torch.randn(nz, generator=g) for _ in range(n)])
+
+def slerp(a, b, t):
+    """Spherical interpolation: Gaussian latents live near a sphere, and straight lines between
+    them pass through the low-norm middle that G never saw in training."""
+    omega = torch.acos((a / a.norm() * b / b.norm()).sum().clamp(-1, 1))
+    if omega.abs() < 1e-6:
+        return (1 - t) * a + t * b
+    return (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
+
+def sample(args):
+    """--n faces (or interpolation rows) into a grid and, with --separate, one PNG each. They are drawn
+    256 at a time and written as they come, so --n 100000 never holds 100,000 images in memory."""
+    device = choose_device(args.device)
+    seed = args.seed if args.seed is not None else random.randrange(2**31)
+    G = load_generator(args.ckpt, device)
+    nz = G.main[0].in_channels
+    if args.interpolate:  # n // STEPS rows, each a spherical path of STEPS latents between two random ends
+        nrow, ends = args.interpolate, latent_vectors(2 * max(1, args.n // args.interpolate), nz, seed)
+        ts = torch.linspace(0, 1, nrow) if nrow > 1 else torch.zeros(1)
+        z = torch.stack([slerp(a, b, t) for a, b in zip(ends[::2], ends[1::2]) for t in ts])
+    else:
+        z, nrow = latent_vectors(args.n, nz, seed), args.nrow
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    os.makedirs(args.separate or ".", exist_ok=True)
+    for start in range(0, len(z), 256):
+        images = generate(G, z[start:start + 256], device)
+        if not start:  # the grid shows the first 256 at most: a grid of thousands helps nobody
+            save_image(images, args.out, nrow=nrow)
+        for k, image in enumerate(images if args.separate else [], start):
+            save_image(image, os.path.join(args.separate, f"{k:06d}.png"))
+    print(f"wrote {len(z)} images to {args.out}" + (f" and {args.separate}/" if args.separate else "")
+          + f" ({images.shape[-1]}x{images.shape[-1]}, seed {seed})")
 
 
-def append_losses(path, rows):
-    new = not os.path.exists(path)
-    with open(path, "a", newline="") as f:
-        csv.writer(f).writerows(([LOSS_COLUMNS] if new else []) +
-                                [[int(r[0]), int(r[1])] + [f"{v:.6g}" for v in r[2:]] for r in rows])
+# ============================================================================= Part 2: engineering
+class UserError(Exception):
+    """A mistake the user can fix: main() prints it as one line and exits with code 2."""
 
+# ----------------------------------------------------------------------------- the run: set-up, stop, end
+
+def prepare_run(args):
+    """All a run needs before its first step, in one namespace: flags (restored on --resume), device, data,
+    G and D with their optimizers (in DDP under torchrun), a resumed state, and --out, locked."""
+    if args.resume and (args.init_g or args.init_d):
+        raise UserError("--resume continues a run; --init-g/--init-d start a new one from weights: use one")
+    resume, changes = load_checkpoint(args.resume) if args.resume else None, []
+    if resume is not None:
+        if not (isinstance(resume, dict) and {"generator", "epoch", "args"} <= set(resume)):
+            raise UserError(f"{args.resume} is not a checkpoint.pth from `dcgan.py train` (only weights?); "
+                            "use --init-g/--init-d to start from plain weights")
+        changes = restore_run_flags(args, resume["args"])
+    rank, world, device = setup_distributed(args)
+    run = SimpleNamespace(args=args, rank=rank, world=world, device=device, master=rank == 0, stop_flags=[],
+                          bad_files=set(), amp_dtype=choose_amp(args.amp, device), paths=find_images(args.data))
+    run.say = (lambda text: print(text, flush=True)) if run.master else (lambda text: None)
+    check_device_flags(args, world, device)
+    run.out_lock = claim_out_folder(args.out) if run.master else None  # held as long as `run` lives
+    torch.manual_seed(args.seed)  # the same initial weights on every rank
+    random.seed(args.seed)
+    run.G, run.D, run.opt_g, run.opt_d = build_models(args, device)
+    run.scaler = torch.amp.GradScaler(device.type, enabled=run.amp_dtype == torch.float16)
+    run.fixed_noise, run.history = new_fixed_noise(args.nz, args.seed), torch.zeros(0, len(LOSS_COLUMNS))
+    run.start_epoch = run.start_step = 0
+    if resume is not None:
+        restore_training(resume, run)
+    if rank:  # each rank draws its own noise; rank 0 keeps the seeded (or restored) stream
+        torch.manual_seed(args.seed + 7919 * rank + len(run.history))
+    run.losses_csv, run.checkpoint = (os.path.join(args.out, name) for name in ("losses.csv", "checkpoint.pth"))
+    run.data, run.n = open_dataset(args, run.paths, device, run.master)
+    run.global_batch = args.batch_size * world
+    if run.n < run.global_batch:
+        raise UserError(f"--data {args.data} has {run.n} usable images, fewer than one batch "
+                        f"({world} x --batch-size {args.batch_size}): lower --batch-size or add images")
+    run.iters = run.n // run.global_batch
+    if run.master:  # the other ranks need no picture of the data
+        write_real_samples(run)
+        write_losses(run.losses_csv, run.history.tolist(), "w")  # rows logged after the checkpoint go
+    if args.compile:  # after loading weights; Module.compile keeps state_dict keys free of _orig_mod.
+        run.G.compile()
+        run.D.compile()
+    run.G_train, run.D_train = wrap_for_ddp(args, run.G, run.D, device) if dist.is_initialized() else (run.G, run.D)
+    log_start(run, changes)
+    return run
+
+def batches_from(run, batches):
+    """uint8 image batches on the device for lists of indices: from the cache, or decoded (--no-cache)."""
+    if torch.is_tensor(run.data):
+        return cached_batches(run.data, batches, run.device)
+    return classic_batches(run.data, batches, run.args.workers, run.device, run.bad_files)
+
+def write_real_samples(run):
+    """real_samples.png: 64 training images as the model sees them (kept for real_vs_fake.png)."""
+    first = epoch_batches(run.n, run.args.batch_size, run.args.seed, 0)[:-(-64 // run.args.batch_size)]
+    run.real_grid = torch.cat([images.cpu() for images in batches_from(run, first)])[:64].float() / 255
+    if not len(run.real_grid):
+        raise UserError(f"none of the first {run.args.batch_size * len(first)} images in --data could be decoded")
+    save_image(run.real_grid, os.path.join(run.args.out, "real_samples.png"))  # 8 a row
+
+@contextlib.contextmanager
+def stop_requests(second_ctrl_c_stops_at_once=True):
+    """Inside it, Ctrl-C and SIGTERM (Colab, Slurm, `kill`) only ask the loop to stop after its step (it yields
+    those received). A second Ctrl-C stops at once, but not under torchrun: it forwards Ctrl-C to all."""
+    received = []
+
+    def on_signal(signum, frame):
+        if received and signum == signal.SIGINT and second_ctrl_c_stops_at_once:
+            raise KeyboardInterrupt
+        received.append(signum)
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+def stop_run(run, epoch, step, signum):
+    """Save the checkpoint at this step, print a complete resume command (--resume restores every other
+    flag) and exit with 128 + the signal's number."""
+    if run.master:
+        save_checkpoint(run, epoch, step)
+    launch = f"torchrun --standalone --nproc_per_node={run.world}" if run.world > 1 else "python"
+    run.say(f"stopped by {signal.Signals(signum).name} at epoch {epoch + 1}, iteration {step}; saved "
+            f"{run.checkpoint}. Resume with: {launch} dcgan.py train --resume {run.checkpoint}")
+    sys.exit(128 + signum)
+
+def finish_run(run):
+    """After the last epoch: the loss plot, the epoch grids as an animation, real beside fake."""
+    out = run.args.out
+    if run.master:
+        plot_losses(run.history, os.path.join(out, "loss.png"))
+        save_progress_gif(out, os.path.join(out, "progress.gif"))
+        save_real_vs_fake(run.real_grid, run.fakes, os.path.join(out, "real_vs_fake.png"))
+    run.say(f"done: samples with `python dcgan.py sample --ckpt {run.args.save_g}`; plots in {out}/")
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+# ----------------------------------------------------------------------------- data
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+# What PIL raises for a broken, truncated, oversized or non-image file.
+IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning)
+
+def find_images(root):
+    """Every image file below root, sorted; labels and folder structure are ignored."""
+    hint = "run `make download` for CelebA or `make demo` for synthetic faces, or point --data at images"
+    if not os.path.isdir(root):
+        raise UserError(f"--data {root} does not exist: {hint}")
+    paths = sorted(str(p) for p in Path(root).rglob("*")
+                   if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    if not paths:
+        raise UserError(f"--data {root} holds no images (jpg, jpeg, png, bmp, webp): {hint}")
+    return paths
+
+def load_image(path, size):
+    """Decode one file as in the DCGAN tutorial: Resize(size) + CenterCrop(size), RGB, uint8 [3, size, size]."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)  # skip giant images, don't decode them
+        img = Image.open(path)
+    with img:
+        img.draft("RGB", (size, size))  # JPEG: let libjpeg decode at a reduced scale (2-4x faster)
+        if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):  # 16-bit grey: keep the top 8 bits
+            img = img.convert("I").point(lambda v: v / 256).convert("L")
+        img = img.convert("RGBA").convert("RGB") if img.mode == "P" else img.convert("RGB")
+        img = TF.center_crop(TF.resize(img, size, antialias=True), size)
+    return TF.pil_to_tensor(img)
+
+class ImageFiles(torch.utils.data.Dataset):
+    """The image files as uint8 tensors. A file that fails to decode is marked bad (ok=False), not fatal."""
+
+    def __init__(self, paths, size):
+        self.paths, self.size = paths, size
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        try:
+            return load_image(self.paths[i], self.size), True, i
+        except IMAGE_ERRORS:
+            return torch.zeros(3, self.size, self.size, dtype=torch.uint8), False, i
+
+def epoch_batches(n, batch_size, seed, epoch, rank=0, world=1):
+    """This process's index batches for one epoch: a fresh shuffle cut into global batches of world x
+    batch_size (the last partial one dropped), of which rank takes its slice. A pure function of (seed,
+    epoch): a resumed run sees exactly the uninterrupted run's batches, every rank the same shuffle."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 10007 + epoch))
+    step = batch_size * world
+    batches = order[: n // step * step].view(-1, world, batch_size)[:, rank]
+    return batches.tolist()
+
+def leave_signals_to_main(worker_id):
+    """Ctrl-C and SIGTERM reach every process of the group: workers leave them to the main process."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+def memory_format(device):
+    """channels_last (NHWC), the layout of cuDNN's and oneDNN's fastest convolutions (+30% fp32 on our CPU)."""
+    return torch.channels_last if device.type in ("cuda", "cpu") else torch.contiguous_format
+
+def cache_name(root, paths, size, cache_dir):
+    """The cache's name, from a hash of the folder, each file's name, size and mtime, and the image size."""
+    h = hashlib.sha1(os.fsencode(f"{os.path.abspath(root)}|{size}"))  # fsencode: names need not be UTF-8
+    for p in paths:
+        st = os.stat(p)
+        h.update(os.fsencode(f"|{p}|{st.st_size}|{st.st_mtime_ns}"))
+    return os.path.join(cache_dir, f"{Path(os.path.abspath(root)).name}-{size}px-{h.hexdigest()[:16]}")
+
+def decode_for_cache(job):
+    try:
+        return load_image(*job).numpy().tobytes()
+    except IMAGE_ERRORS:
+        return None
+
+def build_cache(paths, size, base):
+    """Decode every image once, on all cores, into base.u8 (raw uint8 [N, 3, S, S], undecodable files left
+    out) and base.json, both renamed into place when complete: an interrupted build leaves nothing to load."""
+    os.makedirs(os.path.dirname(base) or ".", exist_ok=True)
+    bad, count, start, every = [], 0, time.perf_counter(), max(1000, len(paths) // 20)
+    try:
+        # Workers ignore Ctrl-C (the main process handles it); a stop still ends them with SIGTERM.
+        with open(base + ".u8.tmp", "wb") as f, \
+                multiprocessing.Pool(os.cpu_count(), signal.signal, (signal.SIGINT, signal.SIG_IGN)) as pool:
+            for k, data in enumerate(pool.imap(decode_for_cache, ((p, size) for p in paths), chunksize=64), 1):
+                if data is None:
+                    bad.append(os.path.basename(paths[k - 1]))
+                else:
+                    f.write(data)
+                    count += 1
+                if k % every == 0 or k == len(paths):
+                    speed = k / max(time.perf_counter() - start, 1e-9)
+                    print(f"decoding {k:,}/{len(paths):,} images once into the cache  {speed:,.0f} img/s  "
+                          f"ETA {format_time((len(paths) - k) / speed)}", flush=True)
+            pool.close()
+            pool.join()
+        if not count:
+            raise UserError(f"none of the {len(paths)} image files under --data could be decoded")
+        with open(base + ".json.tmp", "w") as f:
+            json.dump({"count": count, "size": size, "files": len(paths), "bad": bad}, f)
+        os.replace(base + ".u8.tmp", base + ".u8")
+        os.replace(base + ".json.tmp", base + ".json")
+    finally:
+        for tmp in (base + ".u8.tmp", base + ".json.tmp"):
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+def load_cache(base, size):
+    """(uint8 [N, 3, S, S] memory-mapped from disk, read on demand; metadata) of a complete cache, or None."""
+    try:
+        with open(base + ".json") as f:
+            meta = json.load(f)
+        nbytes = meta["count"] * 3 * size * size
+        if meta["size"] != size or os.path.getsize(base + ".u8") != nbytes or not nbytes:
+            return None
+    except (OSError, ValueError, KeyError):
+        return None
+    images = torch.from_file(base + ".u8", shared=False, size=nbytes, dtype=torch.uint8)
+    return images.view(meta["count"], 3, size, size), meta
+
+def place_cache(images, device):
+    """On a GPU the whole cache moves to device memory when it fits (CelebA at 64x64 is 2.5 GB), so that
+    a batch is one gather there; otherwise it stays in host memory."""
+    if device.type == "cuda" and images.numel() < 0.8 * torch.cuda.mem_get_info(device)[0] - 2**31:
+        return images.to(device)
+    return images
+
+def cached_batches(images, batches, device):
+    """Batches gathered from the decoded array in the epoch's order: no decoding, no workers. The indices
+    go to the device once an epoch: a tensor made from a list on a GPU is a blocking copy, a stall a step."""
+    for index in torch.tensor(batches, dtype=torch.long, device=images.device):  # [steps, batch]
+        if images.device.type == device.type:  # (compare types: "cuda" is not equal to "cuda:0")
+            yield images[index]
+        else:  # host array, GPU model: gather into pinned memory so the copy runs asynchronously
+            yield images[index].pin_memory().to(device, non_blocking=True)
+
+def classic_batches(dataset, batches, workers, device, bad_files):
+    """The classic path: DataLoader workers decode every file every epoch; undecodable ones are dropped
+    and noted. Its own torch.Generator: a new loader would draw a seed from the global RNG, shifting the noise."""
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=workers,
+                                         pin_memory=device.type == "cuda", generator=torch.Generator(),
+                                         worker_init_fn=leave_signals_to_main)
+    for images, ok, index in loader:
+        if not ok.all():
+            bad_files.update(index[~ok].tolist())
+            images = images[ok]
+        yield images
+
+def open_dataset(args, paths, device, master):
+    """The training images: the decoded cache (built on first use by rank 0) or, with --no-cache, the files."""
+    if args.no_cache:
+        return ImageFiles(paths, args.image_size), len(paths)
+    base = cache_name(args.data, paths, args.image_size, args.cache_dir)
+    if master and load_cache(base, args.image_size) is None:
+        build_cache(paths, args.image_size, base)
+    if dist.is_initialized():
+        dist.barrier()  # the other ranks wait for rank 0's cache
+    images, meta = load_cache(base, args.image_size)
+    if meta["bad"] and master:
+        warn_skipped(meta["bad"])
+    return place_cache(images, device), len(images)
+
+def warn_skipped(names):
+    print(f"warning: skipped {len(names)} unreadable image file(s): {', '.join(names[:5])}"
+          f"{', ...' if len(names) > 5 else ''}", file=sys.stderr)
+
+# ----------------------------------------------------------------------------- checkpoints
 
 def atomic_save(obj, path):
-    """torch.save to a temporary file, then rename: a crash or kill -9 mid-write never leaves a
-    broken file, and a failed write (disk full) leaves the previous file as it was."""
+    """torch.save to a temporary file, then rename: a crash or kill -9 never leaves a broken file, and a
+    failed write (disk full) leaves the previous one as it was."""
     tmp = f"{path}.tmp"
     try:
         with open(tmp, "wb") as f:
@@ -556,17 +557,75 @@ def atomic_save(obj, path):
                             "is intact. Free some disk space (or choose another --out) and --resume") from None
         raise
 
-
-def save_checkpoint(path, G, D, opt_g, opt_d, fixed_noise, history, epoch, step, args):
-    """Everything a resumed run needs to continue exactly: `epoch` epochs done plus `step` batches
-    of the next one (0 at an epoch boundary)."""
-    atomic_save({"generator": G.state_dict(), "discriminator": D.state_dict(),
-                 "optimizer_g": opt_g.state_dict(), "optimizer_d": opt_d.state_dict(),
-                 "epoch": epoch, "step": step, "fixed_noise": fixed_noise, "history": history,
+def save_checkpoint(run, epoch, step):
+    """All a resumed run needs to go on exactly: `epoch` epochs done, plus `step` batches of the next."""
+    atomic_save({"generator": run.G.state_dict(), "discriminator": run.D.state_dict(),
+                 "optimizer_g": run.opt_g.state_dict(), "optimizer_d": run.opt_d.state_dict(),
+                 "epoch": epoch, "step": step, "fixed_noise": run.fixed_noise, "history": run.history,
                  "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
                          "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-                 "args": {k: v for k, v in vars(args).items() if k in TRAIN_DEFAULTS}}, path)
+                 "args": {k: v for k, v in vars(run.args).items() if k in TRAIN_DEFAULTS}}, run.checkpoint)
 
+def load_checkpoint(path, device="cpu"):
+    """torch.load with weights_only=True: tensors and plain containers only, so a file can never run code."""
+    if os.path.isdir(path):
+        raise UserError(f"{path} is a directory: give a .pth file, e.g. {os.path.join(path, 'checkpoint.pth')}")
+    if not os.path.isfile(path):
+        raise UserError(f"checkpoint {path} not found")
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" in str(e):
+            raise UserError(f"refusing {path}: it holds Python objects, not just tensors, and unpickling "
+                            "them could run code; load only state_dicts (torch.save(model.state_dict()))") from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError):
+        pass
+    raise UserError(f"{path} is not a readable PyTorch checkpoint: truncated, corrupt or another kind of file")
+
+def model_state(checkpoint, key, path):
+    """One model's state_dict from our checkpoint.pth (key 'generator' or 'discriminator') or a plain one,
+    without DataParallel's 'module.' and torch.compile's '_orig_mod.' prefixes."""
+    state = checkpoint.get(key, checkpoint) if isinstance(checkpoint, dict) else checkpoint
+    if not isinstance(state, dict) or not state or not all(torch.is_tensor(v) for v in state.values()):
+        raise UserError(f"{path} is not a DCGAN state_dict or checkpoint")
+    clean = {}
+    for name, tensor in state.items():
+        while name.startswith(("module.", "_orig_mod.")):
+            name = name.split(".", 1)[1]
+        clean[name] = tensor
+    if "main.0.weight" not in clean:
+        raise UserError(f"{path} is not a DCGAN model: no main.0.weight (keys start {list(clean)[:3]})")
+    return clean
+
+def generator_config(state, path):
+    """nz, ngf, nc and image size read from the conv weights' shapes, so `sample` needs no flags."""
+    if "main.1.weight" not in state:  # G has BatchNorm at main.1; D has a parameter-free LeakyReLU
+        raise UserError(f"{path} looks like a discriminator; sample needs the generator (the *_g.pth file)")
+    layers = sorted((k for k in state if k.startswith("main.")), key=lambda k: int(k.split(".")[1]))
+    convs = [state[k] for k in layers if k.endswith(".weight") and state[k].dim() == 4]
+    nz, ngf, nc = convs[0].shape[0], convs[-1].shape[0], convs[-1].shape[1]
+    return dict(nz=nz, ngf=ngf, nc=nc, image_size=4 * 2 ** (len(convs) - 1))
+
+def load_weights(model, state, path, what):  # load_state_dict, a mismatch said in one line
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        detail = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), "")
+        raise UserError(f"{path} does not fit this {what}: {detail[:300]} "
+                        "(check --image-size, --nz, --ngf/--ndf against how it was trained)") from None
+
+def load_generator(path, device):
+    """A Generator in eval mode from any generator file we accept; its shape is read from the weights."""
+    state = model_state(load_checkpoint(path), "generator", path)
+    G = Generator(**generator_config(state, path))
+    load_weights(G, state, path, "generator")
+    return G.to(device).eval()
+
+def load_initial_weights(args, G, D):
+    """--init-g / --init-d: weights from any G or D file we accept (transfer learning; fresh optimizers)."""
+    for model, path, key in ((G, args.init_g, "generator"), (D, args.init_d, "discriminator")):
+        if path:
+            load_weights(model, model_state(load_checkpoint(path), key, path), path, key)
 
 def restore_run_flags(args, saved):
     """--resume continues the run as it was: a flag not typed (args.given) takes the checkpoint's value. A typed
@@ -584,6 +643,24 @@ def restore_run_flags(args, saved):
                         + "; drop these flags or start a new run")
     return sorted(changes)
 
+def restore_training(resume, run):
+    """A checkpoint.pth into the models, optimizers, RNGs and the run's fixed noise, history, epoch and step."""
+    args = run.args
+    load_weights(run.G, model_state(resume, "generator", args.resume), args.resume, "generator")
+    load_weights(run.D, model_state(resume, "discriminator", args.resume), args.resume, "discriminator")
+    for opt, key in ((run.opt_g, "optimizer_g"), (run.opt_d, "optimizer_d")):
+        opt.load_state_dict(resume[key])
+        for group in opt.param_groups:  # a new --lr / --beta1 on resume wins over the saved one
+            group["lr"], group["betas"] = args.lr, (args.beta1, 0.999)
+    rng = resume["rng"]
+    torch.set_rng_state(rng["torch"])
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in rng["python"]))
+    if rng["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    if resume["epoch"] >= args.epochs:
+        raise UserError(f"{args.resume} has done {resume['epoch']} epochs already: pass a larger --epochs")
+    run.fixed_noise, run.history, run.start_epoch, run.start_step = (resume["fixed_noise"], resume["history"],
+                                                                      resume["epoch"], resume.get("step", 0))
 
 def claim_out_folder(folder):
     """Make --out, check that it is writable and lock it, for a second run there would interleave its files
@@ -602,74 +679,18 @@ def claim_out_folder(folder):
             raise UserError(f"--out {folder} is in use by another training run (pid {lock.read().strip() or '?'}): "
                             "let it finish, stop it, or choose another --out") from None
     lock.truncate(0)
-    lock.write(f"{os.getpid()}\n")
-    lock.flush()
+    print(os.getpid(), file=lock, flush=True)
     return lock
 
-
-def record_losses(pending, history, path, checkpoint):
-    """Move the pending per-step numbers to the host (the one sync, at log time), refuse to go on
-    if any is NaN or infinite, and append them to losses.csv and the history."""
-    where = torch.tensor([(epoch, i) for epoch, i, _ in pending], dtype=torch.float32)
-    rows = torch.cat([where, torch.stack([stats for _, _, stats in pending]).cpu()], 1)
-    finite = torch.isfinite(rows).all(1)
-    if not finite.all():
-        epoch, it = rows[~finite][0, :2].long().tolist()
-        raise UserError(f"training diverged: a loss became NaN/inf at epoch {epoch + 1}, iteration {it + 1}. "
-                        f"Nothing after it was saved; {checkpoint} (if any) is the last good state: "
-                        "--resume it with a lower --lr (e.g. --lr 1e-4)")
-    if path:
-        append_losses(path, rows.tolist())
-    return torch.cat([history, rows])
-
-
-@contextlib.contextmanager
-def stop_requests(second_ctrl_c_stops_at_once=True):
-    """Inside it, Ctrl-C and SIGTERM (Colab, Slurm, `kill`) only ask the loop to stop: it finishes the
-    step in flight, saves a checkpoint and exits. A second Ctrl-C stops at once, except under torchrun,
-    which forwards the terminal's Ctrl-C to processes that already got it. Yields the signals received."""
-    received = []
-
-    def on_signal(signum, frame):
-        if received and signum == signal.SIGINT and second_ctrl_c_stops_at_once:
-            raise KeyboardInterrupt
-        received.append(signum)
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield received
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
-
-def warn_skipped(names):
-    print(f"warning: skipped {len(names)} unreadable image file(s): {', '.join(names[:5])}"
-          f"{', ...' if len(names) > 5 else ''}", file=sys.stderr)
-
-
-def open_dataset(args, paths, device, master):
-    """The training images: the decoded cache (built on first use, by rank 0 alone under torchrun)
-    or, with --no-cache, the files themselves."""
-    if args.no_cache:
-        return ImageFiles(paths, args.image_size), len(paths)
-    base = cache_name(args.data, paths, args.image_size, args.cache_dir)
-    if master and load_cache(base, args.image_size) is None:
-        build_cache(paths, args.image_size, base)
-    if dist.is_initialized():
-        dist.barrier()  # the other ranks wait for rank 0's cache
-    images, meta = load_cache(base, args.image_size)
-    if meta["bad"] and master:
-        warn_skipped(meta["bad"])
-    return place_cache(images, device), len(images)
-
+# ----------------------------------------------------------------------------- distributed (torchrun)
 
 def setup_distributed(args):
-    """torchrun sets RANK, LOCAL_RANK and WORLD_SIZE: then this is one of several processes, one per
-    GPU (NCCL) or CPU process (gloo). Without them it is the only process. Returns rank, world, device."""
-    if "RANK" not in os.environ:
-        return 0, 1, choose_device(args.device)
-    rank, world, local_rank = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+    """rank, world size, device: torchrun's RANK, WORLD_SIZE and LOCAL_RANK make this one of several
+    processes, one per GPU (NCCL) or CPU process (gloo); without them it is the only one."""
     device = choose_device(args.device)
+    if "RANK" not in os.environ:
+        return 0, 1, device
+    rank, world, local_rank = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
     if device.type == "cuda":
         if local_rank >= (gpus := torch.cuda.device_count()):
             raise UserError(f"more torchrun processes here than GPUs ({gpus}): use --nproc_per_node={gpus}")
@@ -678,41 +699,15 @@ def setup_distributed(args):
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return rank, world, device
 
-
-def build_models(args, device):
-    """G and D with the DCGAN init or --init-g/--init-d weights, on the device, and their optimizers."""
-    G = Generator(args.nz, args.ngf, 3, args.image_size)
-    D = Discriminator(args.ndf, 3, args.image_size)
-    G.apply(init_weights)
-    D.apply(init_weights)
-    for model, path, key in ((G, args.init_g, "generator"), (D, args.init_d, "discriminator")):
-        if path:  # transfer learning: weights only, the optimizers start fresh
-            load_weights(model, model_state(load_checkpoint(path), key, path), path, key)
-    G, D = (m.to(device, memory_format=memory_format(device)) for m in (G, D))
-    # Adam with beta1 = 0.5 instead of 0.9: the paper found the default momentum made training
-    # oscillate and unstable. The fused kernels do the whole update in one launch on CUDA.
-    opt_g, opt_d = (torch.optim.Adam(m.parameters(), lr=args.lr, betas=(args.beta1, 0.999),
-                                     fused=device.type == "cuda") for m in (G, D))
-    return G, D, opt_g, opt_d
-
-
-def restore_training(resume, args, G, D, opt_g, opt_d):
-    """Load a checkpoint.pth into the models and optimizers; returns fixed noise, history, epoch, step."""
-    load_weights(G, model_state(resume, "generator", args.resume), args.resume, "generator")
-    load_weights(D, model_state(resume, "discriminator", args.resume), args.resume, "discriminator")
-    for opt, key in ((opt_g, "optimizer_g"), (opt_d, "optimizer_d")):
-        opt.load_state_dict(resume[key])
-        for group in opt.param_groups:  # a new --lr / --beta1 on resume wins over the saved one
-            group["lr"], group["betas"] = args.lr, (args.beta1, 0.999)
-    rng = resume["rng"]
-    torch.set_rng_state(rng["torch"])
-    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in rng["python"]))
-    if rng["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    if resume["epoch"] >= args.epochs:
-        raise UserError(f"{args.resume} has already done {resume['epoch']} epochs: pass --epochs above {resume['epoch']}")
-    return resume["fixed_noise"], resume["history"], resume["epoch"], resume.get("step", 0)
-
+def wrap_for_ddp(args, G, D, device):
+    """G and D in DDP, which averages gradients across ranks (with one process too: it shows DDP's cost).
+    BatchNorm stays per device, as on one GPU with --batch-size (--sync-bn: over the global batch)."""
+    if args.sync_bn:
+        G, D = (nn.SyncBatchNorm.convert_sync_batchnorm(m) for m in (G, D))
+    ids = [device.index] if device.type == "cuda" else None
+    per_device = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters
+                  else {"broadcast_buffers": False})  # BatchNorm running stats: never overwritten by rank 0's
+    return tuple(DDP(m, device_ids=ids, **per_device) for m in (G, D))
 
 def stop_agreed(stop, device, flags):
     """Under torchrun every rank must stop after the same step, or the others would wait forever. Each step
@@ -726,211 +721,92 @@ def stop_agreed(stop, device, flags):
         stop.append(signal.SIGTERM)
     return agreed
 
+# ----------------------------------------------------------------------------- device and precision
 
-def train(args):
-    if args.resume and (args.init_g or args.init_d):
-        raise UserError("--resume continues a run with its own weights; --init-g/--init-d start a new one: use one")
-    resume, changes = load_checkpoint(args.resume) if args.resume else None, []
-    if resume is not None:
-        if not (isinstance(resume, dict) and {"generator", "epoch", "args"} <= set(resume)):
-            raise UserError(f"{args.resume} is not a checkpoint.pth from `dcgan.py train` (only weights?); "
-                            "use --init-g/--init-d to start from plain weights")
-        changes = restore_run_flags(args, resume["args"])
-    rank, world, device = setup_distributed(args)
-    master = rank == 0  # only rank 0 logs and writes files
+def choose_device(name):
+    """--device auto takes the first of cuda, mps and cpu that this machine has."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown --device {name}: use auto, cpu, cuda, cuda:N or mps") from None
+    if not {"cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available}.get(device.type, lambda: True)():
+        raise UserError(f"--device {name}: PyTorch sees no such device on this machine; use --device cpu")
+    return device
+
+def choose_amp(name, device):
+    """The autocast dtype, or None for fp32. auto: bf16 on GPUs that have it (Ampere on) and on CPUs with
+    native bf16 (AVX-512 BF16 or AMX, PyTorch not capped below AVX-512 by ATEN_CPU_CAPABILITY; elsewhere
+    bf16 is emulated at ~1% of fp32's speed), fp16 with a GradScaler on older GPUs. bench.py asks it too."""
+    if name != "auto":
+        return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    flags = Path("/proc/cpuinfo").read_text() if os.path.exists("/proc/cpuinfo") else ""  # not Linux: no bf16
+    native = ("avx512_bf16" in flags or "amx_bf16" in flags) and torch.backends.cpu.get_cpu_capability() == "AVX512"
+    return torch.bfloat16 if device.type == "cpu" and native else None
+
+def check_device_flags(args, world, device):
+    """Refuse flags this device cannot honour; pick cuDNN's fastest kernels, or with --deterministic the
+    ones that sum in the same order on every run."""
     if args.sync_bn and (world == 1 or device.type != "cuda"):
         raise UserError("--sync-bn is for several CUDA GPUs under torchrun")
     if args.compile and device.type == "cuda":  # seen on an H200 with PyTorch 2.11 (README, Performance)
         raise UserError("--compile fails on CUDA: Inductor mispredicts the strides of channels_last "
                         "ConvTranspose2d gradients (pytorch/pytorch#171622); train without --compile")
-    say = print if master else (lambda *a, **k: None)
-    amp_dtype = choose_amp(args.amp, device)
-    paths = find_images(args.data)
-    out_lock = claim_out_folder(args.out) if master else None  # held until train() returns
-    torch.manual_seed(args.seed)  # the same initial weights on every rank
-    random.seed(args.seed)
-    if args.deterministic:  # cuDNN's and cuBLAS's fastest kernels may sum in a different order each run
+    if args.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
-    torch.backends.cudnn.benchmark = device.type == "cuda" and not args.deterministic  # keep cuDNN's fastest
-    G, D, opt_g, opt_d = build_models(args, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    # One fixed batch of 64 latent vectors for the epoch grids, so the progress of the same "faces"
-    # can be followed across epochs (and across a resume, since it is saved in the checkpoint).
-    fixed_noise = torch.randn(64, args.nz, generator=torch.Generator().manual_seed(args.seed))
-    history, start_epoch, start_step = torch.zeros(0, len(LOSS_COLUMNS)), 0, 0
-    if resume is not None:
-        fixed_noise, history, start_epoch, start_step = restore_training(resume, args, G, D, opt_g, opt_d)
-    if rank:  # each rank draws its own noise; rank 0 keeps the seeded (or restored) stream
-        torch.manual_seed(args.seed + 7919 * rank + len(history))
-    losses_csv, checkpoint = os.path.join(args.out, "losses.csv"), os.path.join(args.out, "checkpoint.pth")
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not args.deterministic  # fixed shapes
 
-    data, n = open_dataset(args, paths, device, master)
-    global_batch = args.batch_size * world
-    if n < global_batch:
-        raise UserError(f"--data {args.data} has {n} usable images, fewer than one batch "
-                        f"({world} x --batch-size {args.batch_size}): lower --batch-size or add images")
-    bad_files, iters = set(), n // global_batch
+# ----------------------------------------------------------------------------- logging and plots
 
-    def batch_source(batches):
-        return (cached_batches(data, batches, device) if torch.is_tensor(data)
-                else classic_batches(data, batches, args.workers, device, bad_files))
-    if master:  # the other ranks need no picture of the data
-        first_batches = epoch_batches(n, args.batch_size, args.seed, 0)[:-(-64 // args.batch_size)]
-        real_grid = torch.cat([images.cpu() for images in batch_source(first_batches)])[:64]
-        if not len(real_grid):
-            raise UserError(f"none of the first {args.batch_size * len(first_batches)} images under --data "
-                            "could be decoded")
-        save_image(real_grid.float() / 255, os.path.join(args.out, "real_samples.png"))  # 8 a row
-        if os.path.exists(losses_csv):  # rewritten from the history: rows logged after the checkpoint go
-            os.remove(losses_csv)
-        if len(history):
-            append_losses(losses_csv, history.tolist())
-    if args.compile:  # after loading weights; Module.compile keeps state_dict keys free of _orig_mod.
-        G.compile()
-        D.compile()
-    # Under torchrun G and D are wrapped in DDP, which averages gradients across ranks. BatchNorm stays
-    # per device: each rank normalises by its own batch, exactly as a single GPU with --batch-size
-    # does (--sync-bn shares the statistics over the global batch, at a collective per layer).
-    G_train, D_train = G, D
-    if dist.is_initialized():  # also for one process: `torchrun --nproc_per_node=1` then measures DDP's cost
-        if args.sync_bn:  # converts the BatchNorm layers in place: same parameters, same state_dict keys
-            G, D = (nn.SyncBatchNorm.convert_sync_batchnorm(m) for m in (G, D))
-        ids = [device.index] if device.type == "cuda" else None
-        per_device = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters
-                      else {"broadcast_buffers": False})  # BatchNorm running stats: never overwritten by rank 0's
-        G_train, D_train = (DDP(m, device_ids=ids, **per_device) for m in (G, D))
-    n_params = [sum(p.numel() for p in m.parameters()) for m in (G, D)]
-    say(f"{n} images in {args.data} | {args.image_size}x{args.image_size} | device {device} | "
-        f"amp {str(amp_dtype).replace('torch.', '') if amp_dtype else 'off'} | "
-        f"{'files' if args.no_cache else 'cached'} data | G {n_params[0]:,} params, D {n_params[1]:,} params "
-        f"| epochs {start_epoch + 1}-{args.epochs} | world size {world}, batch {args.batch_size} per process, "
-        f"global batch {global_batch}", flush=True)
+LOSS_COLUMNS = ["epoch", "iter", "loss_d", "loss_g", "d_x", "d_g_z1", "d_g_z2"]
+
+def log_start(run, changes):
+    """The run's first log line: data, size, device, precision, model sizes, epochs and batch."""
+    args, n_params = run.args, [sum(p.numel() for p in m.parameters()) for m in (run.G, run.D)]
+    run.say(f"{run.n} images in {args.data} | {args.image_size}x{args.image_size} | device {run.device} | "
+            f"amp {str(run.amp_dtype).replace('torch.', '') if run.amp_dtype else 'off'} | "
+            f"{'files' if args.no_cache else 'cached'} data | G {n_params[0]:,} params, D {n_params[1]:,} params "
+            f"| epochs {run.start_epoch + 1}-{args.epochs} | world size {run.world}, batch {args.batch_size} "
+            f"per process, global batch {run.global_batch}")
     if changes:
-        say(f"resuming {args.resume} with changed flags: {', '.join(changes)}")
+        run.say(f"resuming {args.resume} with changed flags: {', '.join(changes)}")
 
-    stop_flags = []
-    with stop_requests(second_ctrl_c_stops_at_once=world == 1) as stop:
-        for epoch in range(start_epoch, args.epochs):
-            first = start_step if epoch == start_epoch else 0  # mid-epoch resume skips the batches done
-            batches = epoch_batches(n, args.batch_size, args.seed, epoch, rank, world)[first:]
-            pending, tick, seen, epoch_images = [], time.perf_counter(), 0, 0
-            for i, images in enumerate(batch_source(batches), first):
-                if len(images) >= 2:  # BatchNorm needs at least two samples
-                    stats = train_step(G_train, D_train, opt_g, opt_d, scaler, to_model_input(images, device),
-                                       args.nz, amp_dtype)
-                    pending.append((epoch, i, stats))
-                    seen, epoch_images = seen + len(images), epoch_images + len(images)
-                    if args.compile and i == first and epoch == start_epoch:
-                        say(f"compiled G and D in {time.perf_counter() - tick:.1f} s (first step)", flush=True)
-                stopping = stop_agreed(stop, device, stop_flags)
-                if pending and ((i + 1) % args.log_every == 0 or i + 1 == iters or stopping):
-                    history = record_losses(pending, history, losses_csv if master else None, checkpoint)
-                    speed = seen * world / (time.perf_counter() - tick)
-                    left = ((args.epochs - epoch) * iters - i - 1) * global_batch / speed
-                    _, _, ld, lg, dx, dgz1, dgz2 = history[-1].tolist()
-                    say(f"[{epoch + 1}/{args.epochs}][{i + 1}/{iters}] Loss_D: {ld:.4f} Loss_G: {lg:.4f} "
-                        f"D(x): {dx:.4f} D(G(z)): {dgz1:.4f} / {dgz2:.4f}  {speed:,.0f} img/s  "
-                        f"ETA {format_time(left)}", flush=True)
-                    pending, tick, seen = [], time.perf_counter(), 0
-                if stopping:
-                    if master:
-                        save_checkpoint(checkpoint, G, D, opt_g, opt_d, fixed_noise, history, epoch, i + 1, args)
-                    # The resume command is complete: --resume restores every other flag from the checkpoint.
-                    run = f"torchrun --standalone --nproc_per_node={world}" if world > 1 else "python"
-                    say(f"stopped by {signal.Signals(stop[0]).name} at epoch {epoch + 1}, iteration {i + 1}; "
-                        f"saved {checkpoint}. Resume with: {run} dcgan.py train --resume {checkpoint}", flush=True)
-                    sys.exit(128 + stop[0])
-            if bad_files and epoch == start_epoch and master:  # every file has been tried once by now
-                warn_skipped([os.path.basename(paths[j]) for j in sorted(bad_files)])
-            if master:
-                fakes = generate(G, fixed_noise, device)
-                save_image(fakes, os.path.join(args.out, f"epoch_{epoch + 1:03d}.png"))
-                atomic_save(G.state_dict(), args.save_g)
-                atomic_save(D.state_dict(), args.save_d)
-                save_checkpoint(checkpoint, G, D, opt_g, opt_d, fixed_noise, history, epoch + 1, 0, args)
-            say(f"epoch {epoch + 1} done: {epoch_images * world:,} images | {args.out}/epoch_{epoch + 1:03d}.png, "
-                f"{args.save_g}, {checkpoint}", flush=True)
-    if master:
-        plot_losses(history, os.path.join(args.out, "loss.png"))
-        save_progress_gif(args.out, os.path.join(args.out, "progress.gif"))
-        save_real_vs_fake(real_grid.float() / 255, fakes, os.path.join(args.out, "real_vs_fake.png"))
-    say(f"done: samples with `python dcgan.py sample --ckpt {args.save_g}`; plots in {args.out}/")
-    if dist.is_initialized():
-        dist.destroy_process_group()
+def log_progress(run, pending, seen, tick, epoch, i):
+    """The tutorial's log line plus speed and ETA, once the pending numbers are on the host."""
+    run.history = record_losses(pending, run.history, run.losses_csv if run.master else None, run.checkpoint)
+    speed = seen * run.world / (time.perf_counter() - tick)
+    left = ((run.args.epochs - epoch) * run.iters - i - 1) * run.global_batch / speed
+    _, _, ld, lg, dx, dgz1, dgz2 = run.history[-1].tolist()
+    run.say(f"[{epoch + 1}/{run.args.epochs}][{i + 1}/{run.iters}] Loss_D: {ld:.4f} Loss_G: {lg:.4f} "
+            f"D(x): {dx:.4f} D(G(z)): {dgz1:.4f} / {dgz2:.4f}  {speed:,.0f} img/s  ETA {format_time(left)}")
 
+def record_losses(pending, history, path, checkpoint):
+    """The pending steps' numbers moved to the host (the one sync) and appended to losses.csv and the
+    history; a NaN or infinite one stops the run."""
+    where = torch.tensor([(epoch, i) for epoch, i, _ in pending], dtype=torch.float32)
+    rows = torch.cat([where, torch.stack([stats for _, _, stats in pending]).cpu()], 1)
+    finite = torch.isfinite(rows).all(1)
+    if not finite.all():
+        epoch, it = rows[~finite][0, :2].long().tolist()
+        raise UserError(f"training diverged: a loss became NaN/inf at epoch {epoch + 1}, iteration {it + 1}. "
+                        f"Nothing after it was saved; {checkpoint} (if any) is the last good state: "
+                        "--resume it with a lower --lr (e.g. --lr 1e-4)")
+    if path:
+        write_losses(path, rows.tolist())
+    return torch.cat([history, rows])
+
+def write_losses(path, rows, mode="a"):
+    """Rows of LOSS_COLUMNS appended to losses.csv, or with mode "w" written afresh after its header."""
+    with open(path, mode, newline="") as f:
+        csv.writer(f).writerows(([LOSS_COLUMNS] if mode == "w" else []) +
+                                [[int(r[0]), int(r[1])] + [f"{v:.6g}" for v in r[2:]] for r in rows])
 
 def format_time(seconds):
     return f"{int(seconds) // 3600}:{int(seconds) // 60 % 60:02d}:{int(seconds) % 60:02d}"
-
-
-# ----------------------------------------------------------------------------- sampling
-
-def load_generator(path, device):
-    """A Generator in eval mode from any generator file we accept; its shape is read from the weights."""
-    state = model_state(load_checkpoint(path), "generator", path)
-    G = Generator(**generator_config(state, path))
-    load_weights(G, state, path, "generator")
-    return G.to(device).eval()
-
-
-@torch.no_grad()
-def generate(G, z, device, chunk=256):
-    """Images in [0, 1] for latent vectors z. Eval mode: BatchNorm uses its running statistics, so
-    each image depends only on its own z, never on the other images in the batch."""
-    was_training = G.training
-    G.eval()
-    images = torch.cat([G(part.to(device)).float().cpu() for part in z.split(chunk)])
-    G.train(was_training)
-    return (images + 1) / 2
-
-
-def latent_vectors(n, nz, seed):
-    """n latents drawn one at a time from one seeded generator: vector k is the same whatever n is."""
-    g = torch.Generator().manual_seed(seed)
-    return torch.stack([torch.randn(nz, generator=g) for _ in range(n)])
-
-
-def slerp(a, b, t):
-    """Spherical interpolation: Gaussian latents live near a sphere, and straight lines between
-    them pass through the low-norm middle that G never saw in training."""
-    omega = torch.acos((a / a.norm() * b / b.norm()).sum().clamp(-1, 1))
-    if omega.abs() < 1e-6:
-        return (1 - t) * a + t * b
-    return (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
-
-
-def interpolation_latents(rows, steps, nz, seed):
-    ends = latent_vectors(2 * rows, nz, seed)
-    ts = torch.linspace(0, 1, steps) if steps > 1 else torch.zeros(1)
-    return torch.stack([slerp(ends[2 * r], ends[2 * r + 1], t) for r in range(rows) for t in ts])
-
-
-def sample(args):
-    """--n faces (or interpolation rows) into a grid and, with --separate, one PNG each. They are drawn
-    256 at a time and written as they come, so --n 100000 never holds 100,000 images in memory."""
-    device = choose_device(args.device)
-    seed = args.seed if args.seed is not None else random.randrange(2**31)
-    G = load_generator(args.ckpt, device)
-    nz = G.main[0].in_channels
-    if args.interpolate:
-        nrow = args.interpolate  # one row per path
-        z = interpolation_latents(max(1, args.n // nrow), nrow, nz, seed)
-    else:
-        z, nrow = latent_vectors(args.n, nz, seed), args.nrow
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    os.makedirs(args.separate or ".", exist_ok=True)
-    for start in range(0, len(z), 256):
-        images = generate(G, z[start:start + 256], device)
-        if not start:  # the grid shows the first 256 at most: a grid of thousands helps nobody
-            save_image(images, args.out, nrow=nrow)
-        for k, image in enumerate(images if args.separate else [], start):
-            save_image(image, os.path.join(args.separate, f"{k:06d}.png"))
-    print(f"wrote {len(z)} images to {args.out}" + (f" and {args.separate}/" if args.separate else "")
-          + f" ({images.shape[-1]}x{images.shape[-1]}, seed {seed})")
-
-
-# ----------------------------------------------------------------------------- plots
 
 def pyplot():
     """matplotlib, imported only when a plot is drawn (it is slow to import), writing files only."""
@@ -938,7 +814,6 @@ def pyplot():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
-
 
 def plot_losses(history, path):
     """G and D loss per iteration (raw and smoothed) above D(x) and D(G(z)) as probabilities."""
@@ -961,12 +836,10 @@ def plot_losses(history, path):
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
-
 def save_progress_gif(folder, path):
     """The epoch grids in order as an animation, the last one held a little longer."""
     frames = [Image.open(p).convert("RGB") for p in sorted(Path(folder).glob("epoch_*.png"))]
-    frames[0].save(path, save_all=True, append_images=frames[1:], duration=[500] * (len(frames) - 1) + [2000], loop=0)
-
+    frames[0].save(path, save_all=True, append_images=frames[1:], loop=0, duration=[500] * len(frames[1:]) + [2000])
 
 def save_real_vs_fake(real, fake, path):
     plt = pyplot()
@@ -979,10 +852,138 @@ def save_real_vs_fake(real, fake, path):
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
+# ----------------------------------------------------------------------------- synthetic faces
 
-# ----------------------------------------------------------------------------- main
+def draw_synthetic_face(rng, size):
+    """A cartoon face with random skin, hair, eyes, mouth and backdrop, drawn at 4x and downsampled."""
+    s, r = size * 4, rng.uniform
+    top = [rng.randint(40, 220) for _ in range(3)]  # muted backdrops, like a photo studio
+    img = Image.new("RGB", (1, 2))  # two pixels stretched into a vertical gradient
+    img.putdata([tuple(top), tuple(max(0, min(255, c + rng.randint(-50, 50))) for c in top)])
+    img = img.resize((s, s), Image.BILINEAR)
+    d, tone = ImageDraw.Draw(img), r(0, 1)  # tone: dark to light skin
+    skin = tuple(min(255, int(a + b * tone) + rng.randint(-12, 12)) for a, b in ((90, 160), (55, 150), (35, 135)))
+    hair = rng.choice([(25, 20, 18), (60, 40, 25), (110, 75, 40), (200, 160, 90), (150, 60, 30), (130, 130, 130)])
+    cx, cy, rx = s * (0.5 + r(-0.04, 0.04)), s * (0.53 + r(-0.03, 0.03)), s * r(0.24, 0.3)
+    ry, long_hair = rx * r(1.2, 1.4), rng.random() < 0.5
+    box = lambda x0, y0, x1, y1: [cx + rx * x0, cy + ry * y0, cx + rx * x1, cy + ry * y1]  # face units
+    d.ellipse(box(-2, 0.95, 2, 2.6), fill=tuple(rng.randint(0, 255) for _ in range(3)))  # shoulders
+    d.rectangle(box(-0.35, 0.6, 0.35, 1.1), fill=skin)  # neck
+    d.ellipse(box(-1.15, -1.15, 1.15, 1.3 if long_hair else 0.2), fill=hair)
+    if long_hair:
+        d.rectangle(box(-1.15, -0.1, 1.15, 1.25), fill=hair)
+    d.ellipse(box(-1, -1, 1, 1), fill=skin)
+    d.chord(box(-1.02, -1.08, 1.02, 2 * r(0.35, 0.7) - 1), 180, 360, fill=hair)  # fringe
+    eye_y, eye_dx, e = -0.12, r(0.36, 0.46), r(0.13, 0.18)  # e: eye radius in units of rx
+    iris = rng.choice([(70, 45, 25), (40, 90, 150), (60, 110, 60), (30, 30, 30)])
+    for side in (-1, 1):
+        x = side * eye_dx
+        for w, h, color in ((1.3, 0.8, (245, 245, 240)), (0.6, 0.6, iris), (0.25, 0.25, (0, 0, 0))):
+            d.ellipse([cx + rx * (x - e * w), cy + ry * eye_y - rx * e * h,
+                       cx + rx * (x + e * w), cy + ry * eye_y + rx * e * h], fill=color)
+        brow = cy + ry * eye_y - rx * e * r(1.6, 2.2)
+        d.line([cx + rx * (x - 1.4 * e), brow + side * rx * e * 0.1, cx + rx * (x + 1.4 * e), brow],
+               fill=hair, width=max(2, s // 64))
+    d.line([cx, cy + ry * eye_y + rx * e, cx - rx * 0.08, cy + ry * 0.25, cx + rx * 0.05, cy + ry * 0.3],
+           fill=tuple(int(c * 0.8) for c in skin), width=max(2, s // 80))  # nose
+    lips = tuple(int(low + span * rng.random()) for low, span in ((150, 60), (50, 40), (60, 40)))
+    mouth_w = r(0.3, 0.5)
+    if rng.random() < 0.6:  # smile
+        d.chord(box(-mouth_w, 0.35, mouth_w, 0.62), 0, 180, fill=lips)
+    else:
+        d.ellipse(box(-mouth_w, 0.46, mouth_w, 0.56), fill=lips)
+    return img.resize((size, size), Image.LANCZOS)
+
+def synth(args):
+    """A procedural face dataset, so all runs without a download; written aside, renamed when complete."""
+    if os.path.exists(args.out):
+        raise UserError(f"{args.out} already exists: delete it or choose another --out")
+    partial = args.out.rstrip("/") + ".partial"
+    os.makedirs(partial, exist_ok=True)
+    for i in range(args.n):
+        face = draw_synthetic_face(random.Random(args.seed * 1_000_003 + i), args.size)
+        face.save(os.path.join(partial, f"face_{i:06d}.jpg"), quality=95)
+    os.replace(partial, args.out)
+    print(f"wrote {args.n} synthetic {args.size}x{args.size} faces to {args.out}/")
+
+# ----------------------------------------------------------------------------- command line
+
+def number(cast, low, high=None, low_included=True):
+    """An argparse type: a number from low (included or not) up to, not including, high."""
+    def parse(text):
+        value = cast(text)
+        if not ((value >= low if low_included else value > low) and (high is None or value < high)):
+            bounds = f"{'at least' if low_included else 'above'} {low}" + (f" and below {high}" if high else "")
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {text}")
+        return value
+    return parse
+
+IMAGE_SIZES = (32, 64, 128, 256)  # one up/down-sampling block per doubling from 4x4
+SEED = number(int, 0, 2**32)
+TRAIN_DEFAULTS = dict(data="datasets/extracted", out="results", epochs=5, batch_size=BATCH_SIZE,
+                      image_size=IMAGE_SIZE, nz=NZ, ngf=NGF, ndf=NDF, lr=LR, beta1=BETA1, workers=4,
+                      cache_dir="datasets/cache", no_cache=False, compile=False, deterministic=False,
+                      sync_bn=False, seed=999, device="auto", amp="auto", log_every=50, save_g="DCGAN_celeba_g.pth",
+                      save_d="DCGAN_celeba_d.pth", resume=None, init_g=None, init_d=None)
+# The flags that define a run: --resume takes them from the checkpoint and refuses a different value.
+RUN_FLAGS = ("image_size", "nz", "ngf", "ndf", "batch_size", "seed", "amp", "no_cache", "deterministic")
+
+def build_parser(defaults=True):
+    """The command line; defaults=False leaves out train's flags not typed: --resume restores those."""
+    formatter = argparse.ArgumentDefaultsHelpFormatter
+    parser = argparse.ArgumentParser(description="Train a DCGAN on faces and sample from it.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    t = commands.add_parser("train", help="train G and D on a folder of images", formatter_class=formatter,
+                            argument_default=argparse.SUPPRESS)
+    t.add_argument("--data", help="folder searched recursively for images")
+    t.add_argument("--out", help="folder for grids, plots, losses.csv, checkpoint.pth")
+    t.add_argument("--epochs", type=number(int, 1), help="total epochs (also when resuming)")
+    t.add_argument("--batch-size", type=number(int, 1), help="per process (GPU) under torchrun")
+    t.add_argument("--image-size", type=int, choices=IMAGE_SIZES, help="32, 64, 128 or 256")
+    t.add_argument("--nz", type=number(int, 1, 10000), help="length of the latent z")
+    t.add_argument("--ngf", type=number(int, 1, 2048), help="generator width")
+    t.add_argument("--ndf", type=number(int, 1, 2048), help="discriminator width")
+    t.add_argument("--lr", type=number(float, 0, 1, low_included=False), help="Adam learning rate (DCGAN paper)")
+    t.add_argument("--beta1", type=number(float, 0, 1), help="Adam beta1 (DCGAN paper: 0.5, not 0.9)")
+    t.add_argument("--workers", type=number(int, 0, 256), help="image-decoding processes (with --no-cache)")
+    t.add_argument("--cache-dir", help="where the decoded dataset is cached")
+    t.add_argument("--no-cache", action="store_true", help="decode every file every epoch instead of caching")
+    t.add_argument("--compile", action="store_true", help="torch.compile G and D (CPU only)")
+    t.add_argument("--deterministic", action="store_true", help="bit-identical runs on CUDA too (slower kernels)")
+    t.add_argument("--sync-bn", action="store_true", help="torchrun: BatchNorm over the global batch")
+    t.add_argument("--seed", type=SEED, help="data order, initial weights, noise")
+    t.add_argument("--device", help="auto (cuda, then mps, then cpu), cuda, cuda:1, mps, cpu")
+    t.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"], help="auto: bf16 if native, else fp16 on GPUs")
+    t.add_argument("--log-every", type=number(int, 1), help="iterations between log lines")
+    t.add_argument("--save-g", help="generator weights, written every epoch")
+    t.add_argument("--save-d", help="discriminator weights, written every epoch")
+    t.add_argument("--resume", metavar="PATH", help="continue a run from its checkpoint.pth, with its flags")
+    t.add_argument("--init-g", metavar="PATH", help="start G from saved weights (fresh optimizer)")
+    t.add_argument("--init-d", metavar="PATH", help="start D from saved weights (fresh optimizer)")
+    t.set_defaults(func=train, **(TRAIN_DEFAULTS if defaults else {}))
+
+    s = commands.add_parser("sample", help="draw faces from a trained generator", formatter_class=formatter)
+    s.add_argument("--ckpt", required=True, help="generator weights (ours, the tutorial's, or checkpoint.pth)")
+    s.add_argument("--n", type=number(int, 1), default=64, help="number of images")
+    s.add_argument("--nrow", type=number(int, 1), default=8, help="images per row in the grid")
+    s.add_argument("--seed", type=SEED, default=None, help="latent seed (default: random, printed)")
+    s.add_argument("--out", default="results/samples.png", help="grid image to write (at most 256 images)")
+    s.add_argument("--separate", metavar="DIR", help="also write every image as DIR/NNNNNN.png")
+    s.add_argument("--interpolate", type=number(int, 1), metavar="STEPS", help="n // STEPS rows of spherical paths")
+    s.add_argument("--device", default="auto")
+    s.set_defaults(func=sample)
+
+    y = commands.add_parser("synth", help="draw cartoon faces to train on (no download)", formatter_class=formatter)
+    y.add_argument("--out", default="datasets/synth", help="folder for the JPEGs")
+    y.add_argument("--n", type=number(int, 1), default=6000, help="number of faces")
+    y.add_argument("--size", type=int, choices=IMAGE_SIZES, default=64, help="image side in pixels")
+    y.add_argument("--seed", type=SEED, default=0)
+    y.set_defaults(func=synth)
+    return parser
 
 def main(argv=None):
+    """Run the subcommand; a UserError, running out of memory or a failed write end in one line, no traceback."""
     args = build_parser().parse_args(argv)
     if args.command == "train":  # the flags typed, which --resume keeps; it restores the others
         args.given = set(vars(build_parser(defaults=False).parse_args(argv))) & TRAIN_DEFAULTS.keys()
@@ -1002,7 +1003,6 @@ def main(argv=None):
         where = f" ({e.filename})" if e.filename else ""
         print(f"error: {e.strerror or e}{where}; files saved before this point are intact", file=sys.stderr)
         sys.exit(1)
-
 
 if __name__ == "__main__":
     main()
