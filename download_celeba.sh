@@ -3,522 +3,273 @@
 # datasets/extracted/img_align_celeba/, verified, from the first source that works.
 #
 # Usage:
-#   ./download_celeba.sh                         # try Kaggle, then Google Drive
+#   ./download_celeba.sh                         # try the sources below, in order
 #   ./download_celeba.sh path/to/archive.zip     # use an archive you already have
 #   CELEBA_ZIP=path/to/archive.zip make download # same, through make
 #
-# Sources, in this order:
-#   1. A local archive (first argument, or CELEBA_ZIP; the argument wins if both are given).
-#      Both layouts work: the official img_align_celeba.zip (img_align_celeba/*.jpg) and
-#      Kaggle's jessicali9530/celeba-dataset zip (img_align_celeba/img_align_celeba/*.jpg
-#      plus CSV files). If this archive fails verification the script stops; it does not
-#      fall back to the network behind your back.
-#   2. Kaggle's download API over curl, with basic auth when credentials are found
-#      (KAGGLE_USERNAME + KAGGLE_KEY, or ~/.kaggle/kaggle.json). Public datasets usually
-#      download without them.
-#   3. The official Google Drive file (the one torchvision uses) through gdown, when
-#      gdown is installed (on PATH or in ./.venv/bin). Its md5 is always checked.
+# Sources, in order; each download resumes its own $CELEBA_DOWNLOADS/celeba-NAME.zip.part:
+#   local   the archive given as the argument or CELEBA_ZIP (if it fails, the script stops)
+#   kaggle  Kaggle's API over curl: anonymous, then username/key, then an API token (bearer)
+#   gdrive  the official file on Google Drive, through gdown (on PATH or in ./.venv/bin)
+#   mirror  Udacity's copy of the official file, over curl
+# gdrive and mirror must match the official md5 00d2c5bc6d35e252742224ab0c1e8fcb. Every archive
+# must hold exactly CELEBA_EXPECTED images img_align_celeba/NNNNNN.jpg (any folders above,
+# __MACOSX ignored) and pass its md5, or `unzip -t` where no md5 is known. After a free-space
+# check, the images (and Kaggle's CSVs) are extracted flat into a temporary folder beside the
+# image folder, on its filesystem, and renamed into place with a .complete marker (source,
+# md5, count) that re-runs trust. A symlinked image folder is followed; one without a marker is
+# adopted if it holds exactly that many non-empty NNNNNN.jpg. Ctrl-C, kill or a full disk
+# leave the image folder as it was. Exit status: 0 done, 1 failed, 130/143 SIGINT/SIGTERM.
 #
 # Environment variables (all optional):
-#   CELEBA_ZIP        local archive to use (same as the first argument)
-#   CELEBA_DIR        target folder; default: datasets/extracted beside this script.
-#                     The images end up in $CELEBA_DIR/img_align_celeba/, Kaggle's CSVs
-#                     in $CELEBA_DIR/.
-#   CELEBA_DOWNLOADS  where downloads (*.part while incomplete, then *.zip) are kept;
-#                     default: a "downloads" folder beside $CELEBA_DIR.
-#   CELEBA_URL        URL of the curl step; default: Kaggle's API URL below. Any URL curl
-#                     understands works, e.g. CELEBA_URL=file:///tmp/some.zip in tests.
-#                     Kaggle credentials are only ever sent to kaggle.com.
-#   CELEBA_GDRIVE_ID  Google Drive file id of img_align_celeba.zip (default below).
-#   CELEBA_MD5        expected md5 of the official img_align_celeba.zip (default below).
-#                     It is checked for the Google Drive download and for any archive
-#                     named img_align_celeba.zip. Setting it explicitly also checks a
-#                     local archive of any name. Setting it empty (CELEBA_MD5=) turns the
-#                     md5 check off, e.g. for a re-packed img_align_celeba.zip.
-#   CELEBA_NO_GDOWN   set to 1 to skip the Google Drive step (used by the tests).
-#   CELEBA_EXPECTED   expected number of images; default 202599. For tests only (a
-#                     tiny count lets them use tiny archives).
-#   KAGGLE_USERNAME, KAGGLE_KEY, KAGGLE_CONFIG_DIR   as for the kaggle CLI. Tests set
-#                     HOME to a temporary folder so the real ~/.kaggle is never read.
-#
-# Examples:
-#   CELEBA_ZIP=~/Downloads/archive.zip make download
-#   CELEBA_DIR=/data/celeba ./download_celeba.sh
-#   CELEBA_URL=file:///tmp/x.zip CELEBA_NO_GDOWN=1 CELEBA_EXPECTED=5 \
-#       CELEBA_DIR=/tmp/t/extracted ./download_celeba.sh
-#
-# Guarantees: downloads go to a .part file (resumed with curl -C - on a re-run) and are
-# renamed only when complete; every archive must pass `unzip -tq` before it is
-# extracted; extraction happens in a temporary folder beside the target and is moved
-# into place only when it succeeded, so a failed or interrupted run never leaves a
-# half-filled target. A re-run on a complete folder does nothing.
-# Needs bash (3.2 is enough), curl, unzip, find, and md5sum (or python3, or md5).
+#   CELEBA_ZIP         local archive (the same as the first argument, which wins)
+#   CELEBA_DIR         target folder, default datasets/extracted beside this script: images
+#                      go to $CELEBA_DIR/img_align_celeba/, Kaggle's CSVs to $CELEBA_DIR/
+#   CELEBA_DOWNLOADS   where downloads are kept; default: "downloads" beside $CELEBA_DIR
+#   CELEBA_URL         URL of the kaggle source, e.g. file:///tmp/x.zip (credentials only
+#                      ever go to kaggle.com)
+#   CELEBA_GDRIVE_ID   Google Drive file id; default 0B7EVK8r0v71pZjFTYXZWM3FlRnM
+#   CELEBA_MIRROR_URL  URL of the mirror source; empty skips it
+#   CELEBA_MD5         md5 that every source must match; empty (CELEBA_MD5=): no md5 checks
+#   CELEBA_NO_GDOWN    1 skips the gdrive source
+#   CELEBA_EXPECTED    number of images; default 202599 (tests use tiny archives)
+#   KAGGLE_USERNAME, KAGGLE_KEY, KAGGLE_API_TOKEN, KAGGLE_CONFIG_DIR, XDG_CONFIG_HOME: as
+#                      for the kaggle CLI; kaggle.json and access_token are read from
+#                      $KAGGLE_CONFIG_DIR (default ~/.kaggle), then ~/.config/kaggle
+# Needs bash, coreutils, unzip and curl.
 
 set -euo pipefail
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-
 DEFAULT_KAGGLE_URL=https://www.kaggle.com/api/v1/datasets/download/jessicali9530/celeba-dataset
-DEFAULT_GDRIVE_ID=0B7EVK8r0v71pZjFTYXZWM3FlRnM
-DEFAULT_MD5=00d2c5bc6d35e252742224ab0c1e8fcb
-DEFAULT_EXPECTED=202599
-OFFICIAL_NAME=img_align_celeba.zip   # also the name of the image folder, without .zip
-IMAGES=img_align_celeba
+DEFAULT_MIRROR_URL=https://s3-us-west-1.amazonaws.com/udacity-dlnfd/datasets/celeba.zip
+OFFICIAL_MD5=00d2c5bc6d35e252742224ab0c1e8fcb
+DOWNLOAD_BYTES=7200 DISK_BYTES=9300 # per image: in the zip, and on disk with block slack
+JPG='[0-9][0-9][0-9][0-9][0-9][0-9].jpg'
+TMP="" REASON="" SUM="" ARCHIVE="" MADE=() XARGS=() AUTHS=()
 
 log() { printf 'download_celeba: %s\n' "$*"; }
 warn() { printf 'download_celeba: warning: %s\n' "$*" >&2; }
-err() { printf 'download_celeba: error: %s\n' "$*" >&2; }
-die() {
-    err "$*"
-    exit 1
+die() { printf 'download_celeba: error: %s\n' "$*" >&2 && exit 1; }
+cleanup() { # on any exit: put a moved-aside image folder back, remove what this run made
+    if [[ -n $TMP && -d $TMP/old && ! -e $REAL ]]; then mv "$TMP/old" "$REAL"; fi
+    if [[ -n $TMP ]]; then rm -rf "$TMP"; fi
+    for d in ${MADE[@]+"${MADE[@]}"}; do rmdir "$d" 2>/dev/null || true; done
+}
+md5_for() { printf '%s' "${CELEBA_MD5-$1}" | tr 'A-F' 'a-f'; } # CELEBA_MD5, even empty, wins
+md5_of() { local s && s=$(md5sum <"$1" 2>/dev/null || md5 -q <"$1") && printf '%s' "${s%% *}"; }
+dev_of() { stat -c %d "$1" 2>/dev/null || stat -f %d "$1"; }
+
+existing() { # $1 or its nearest existing parent
+    local d=$1 && while [[ ! -d $d ]]; do d=$(dirname "$d"); done && printf '%s' "$d"
+}
+check_free() { # check_free DIR BYTES
+    local d=$1 _fs _size _used avail
+    read -r _fs _size _used avail _ < <(df -Pk "$d" | tail -n 1)
+    if [[ $avail =~ ^[0-9]+$ ]] && ((avail * 1024 < $2)); then
+        die "not enough free space on the filesystem of $d: need $((($2 + 1048575) / 1048576)) MB, have $((avail / 1024)) MB"
+    fi
+}
+need_space() { # need_space DOWNLOAD_BYTES: room for that download and for the images
+    local dl=$1 img=$((EXPECTED * DISK_BYTES)) d t
+    d=$(existing "$(dirname "$REAL")") t=$(existing "$DOWNLOADS")
+    if ((dl > 0)) && [[ $(dev_of "$d") == "$(dev_of "$t")" ]]; then img=$((img + dl)) dl=0; fi
+    check_free "$d" "$img"
+    if ((dl > 0)); then check_free "$t" "$dl"; fi
 }
 
-# Temporary folders to remove on any exit (success, error, Ctrl-C). Downloads are not
-# listed here: a .part file is kept on purpose so that the next run resumes it.
-CLEANUP=()
-cleanup() {
-    local d
-    for d in ${CLEANUP[@]+"${CLEANUP[@]}"}; do
-        rm -rf "$d"
+# verify ZIP MD5: REASON and 1 unless ZIP holds exactly EXPECTED distinct img_align_celeba/NNNNNN.jpg
+# outside __MACOSX and matches MD5 if one is given, else passes `unzip -t`. Sets SUM and XARGS.
+verify() {
+    local zip=$1 want=$2 all names n u out
+    log "checking $zip ..."
+    all=$(unzip -Z1 "$zip" 2>/dev/null) || { REASON="$zip is not a valid zip archive" && return 1; }
+    names=$(grep -v '^__MACOSX/' <<<"$all" | grep -E 'img_align_celeba/[0-9]{6}\.jpg$' || true)
+    n=$(grep -c . <<<"$names" || true) u=$(grep -o '[^/]*$' <<<"$names" | sort -u | grep -c . || true)
+    if ((n != EXPECTED)); then
+        REASON="$zip holds $n images, expected $EXPECTED (img_align_celeba/NNNNNN.jpg outside __MACOSX)"
+        return 1
+    fi
+    ((u == n)) || { REASON="$zip holds $((n - u)) duplicate image names" && return 1; }
+    XARGS=() && if grep -qE '^__MACOSX/.*img_align_celeba/[0-9]{6}\.jpg$' <<<"$all"; then XARGS=(-x '__MACOSX/*'); fi
+    SUM=$(md5_of "$zip" | tr 'A-F' 'a-f')
+    if [[ -n $want && $SUM != "$want" ]]; then
+        REASON="md5 mismatch for $zip: expected $want, got $SUM" && return 1
+    elif [[ -n $want ]]; then
+        log "md5 OK ($SUM)"
+    elif ! out=$(unzip -tq "$zip" 2>&1); then
+        REASON="$zip is not a valid zip archive or is corrupt: $(tail -n 1 <<<"$out")" && return 1
+    fi
+}
+
+# install ZIP SOURCE: extract flat into a temporary folder beside the image folder (its filesystem,
+# checked), add the marker, then one rename into place; Kaggle's CSVs go to TARGET.
+install() {
+    local zip=$1 parent n rc=0
+    parent=$(dirname "$REAL")
+    if [[ ! -d $parent ]]; then mkdir -p "$parent" && MADE+=("$parent"); fi
+    TMP=$(mktemp -d "$parent/.extract-XXXXXX")
+    if [[ -e $REAL && $(dev_of "$REAL") != "$(dev_of "$TMP")" ]]; then
+        die "$REAL is a mount point, which a rename cannot replace; set CELEBA_DIR to a folder inside it"
+    fi
+    log "extracting $zip into $TMP (a minute or two for the full data set) ..."
+    unzip -q -j -n "$zip" "*img_align_celeba/$JPG" ${XARGS[@]+"${XARGS[@]}"} -d "$TMP/img" ||
+        die "unzip failed on $zip (disk full?); nothing was installed"
+    n=$(find "$TMP/img" -type f | wc -l)
+    ((n == EXPECTED)) || die "extracted $((n)) images from $zip, expected $EXPECTED"
+    unzip -q -j -n "$zip" '*.csv' -x '__MACOSX/*' -d "$TMP/csv" 2>/dev/null || rc=$?
+    ((rc == 0 || rc == 11)) || die "unzip failed on the CSV files of $zip (disk full?)" # 11: none
+    printf 'source=%s\nmd5=%s\ncount=%s\ndate=%s\n' "$2" "$SUM" "$n" "$(date -u +%FT%TZ)" >"$TMP/img/.complete"
+    if [[ -e $REAL ]]; then mv "$REAL" "$TMP/old"; fi
+    mv "$TMP/img" "$REAL"
+    for f in "$TMP"/csv/*.csv; do if [[ -f $f ]]; then mv -f "$f" "$TARGET/"; fi; done
+    log "done: $EXPECTED images in $IMGDIR"
+}
+
+kaggle_auths() { # AUTHS+= curl config lines: username/key (basic auth), then an API token (bearer)
+    local dirs=("${KAGGLE_CONFIG_DIR:-${HOME:-}/.kaggle}" "${XDG_CONFIG_HOME:-${HOME:-}/.config}/kaggle")
+    local user=${KAGGLE_USERNAME:-} key=${KAGGLE_KEY:-} token=${KAGGLE_API_TOKEN:-} d
+    for d in "${dirs[@]}"; do
+        if [[ (-z $user || -z $key) && -r $d/kaggle.json ]]; then
+            user=$(sed -n 's/.*"username"[[:space:]]*:[[:space:]]*"\([^"]*\)".*/\1/p' "$d/kaggle.json")
+            key=$(sed -n 's/.*"key"[[:space:]]*:[[:space:]]*"\([^"]*\)".*/\1/p' "$d/kaggle.json")
+        fi
+        if [[ -z $token && -r $d/access_token ]]; then token=$(tr -d ' \r\n' <"$d/access_token"); fi
     done
+    if [[ -n $user && -n $key ]]; then AUTHS+=("user = \"$user:$key\""); fi
+    if [[ -n $token ]]; then AUTHS+=("header = \"Authorization: Bearer $token\""); fi
 }
 
-# Why the last step failed, for the messages; set by the functions below.
-REASON=""
-# The archive a download step produced.
-ARCHIVE=""
-
-# Number of *.jpg files directly in folder $1 (0 if it does not exist).
-count_jpgs() {
-    local n=0
-    if [[ -d $1 ]]; then
-        n=$(find "$1" -maxdepth 1 -type f -name '*.jpg' | wc -l)
-    fi
-    echo $((n)) # arithmetic drops the padding some wc implementations add
-}
-
-has_jpg() {
-    local first
-    first=$(find "$1" -maxdepth 1 -type f -name '*.jpg' -print 2>/dev/null | head -n 1) || true
-    [[ -n $first ]]
-}
-
-# md5 of file $1 in lower-case hex; md5sum on Linux, python3 or md5 elsewhere (macOS).
-md5_of() {
-    local sum
-    if command -v md5sum >/dev/null 2>&1; then
-        sum=$(md5sum "$1") || return 1
-        sum=${sum%% *}
-    elif command -v python3 >/dev/null 2>&1; then
-        sum=$(python3 -c '
-import hashlib, sys
-h = hashlib.md5()
-with open(sys.argv[1], "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-        h.update(block)
-print(h.hexdigest())' "$1") || return 1
-    elif command -v md5 >/dev/null 2>&1; then
-        sum=$(md5 -q "$1") || return 1
-    else
-        return 1
-    fi
-    echo "$sum" | tr 'A-F' 'a-f'
-}
-
-# verify_archive FILE CHECK_MD5(yes/no): md5 (when asked) and `unzip -tq`.
-# Returns 1 with REASON set when the archive is not usable.
-verify_archive() {
-    local zip=$1 check_md5=$2 sum out
-    if [[ ! -s $zip ]]; then
-        REASON="$zip is empty"
-        return 1
-    fi
-    if [[ $check_md5 == yes ]]; then
-        log "checking the md5 of $zip ..."
-        if ! sum=$(md5_of "$zip"); then
-            REASON="cannot compute an md5 (no md5sum, python3 or md5 found)"
-            return 1
-        fi
-        if [[ $sum != "$MD5" ]]; then
-            REASON="md5 mismatch for $zip: expected $MD5, got $sum"
-            return 1
-        fi
-        log "md5 OK ($sum)"
-    fi
-    log "testing $zip (unzip -tq) ..."
-    if ! out=$(unzip -tq "$zip" 2>&1); then
-        REASON="$zip is not a valid zip archive or is corrupt: $(printf '%s\n' "$out" | tail -n 1)"
-        return 1
-    fi
-    return 0
-}
-
-# The folder inside the unpacked archive $1 that holds the images: Kaggle's double
-# nesting first, then the official layout, then images at the top, then anywhere.
-find_jpg_dir() {
-    local raw=$1 d first
-    for d in "$raw/$IMAGES/$IMAGES" "$raw/$IMAGES" "$raw"; do
-        if [[ -d $d ]] && has_jpg "$d"; then
-            echo "$d"
-            return 0
-        fi
-    done
-    first=$(find "$raw" -type f -name '*.jpg' -print | head -n 1) || true
-    if [[ -n $first ]]; then
-        dirname "$first"
-        return 0
-    fi
-    return 1
-}
-
-# Unpack archive $1 beside the target, build the final layout there
-# ($IMAGES/*.jpg plus CSVs at the top), then move it into place.
-# Called from `if`/`||` contexts where `set -e` is off, hence the explicit checks.
-extract_and_install() {
-    local zip=$1 tmp jpgdir csv n
-    mkdir -p "$PARENT" || {
-        REASON="cannot create $PARENT"
-        return 1
-    }
-    tmp=$(mktemp -d "$PARENT/.extract-XXXXXX") || {
-        REASON="cannot create a temporary folder in $PARENT"
-        return 1
-    }
-    CLEANUP+=("$tmp")
-
-    log "extracting $zip into $tmp (a minute or two for the full data set) ..."
-    if ! unzip -q "$zip" -d "$tmp/raw"; then
-        REASON="unzip failed on $zip (disk full?)"
-        return 1
-    fi
-    if ! jpgdir=$(find_jpg_dir "$tmp/raw"); then
-        REASON="no JPEG images in $zip (expected $IMAGES/*.jpg or $IMAGES/$IMAGES/*.jpg)"
-        return 1
-    fi
-
-    mkdir "$tmp/new" || return 1
-    # Kaggle ships the attribute, landmark and partition tables as CSVs; keep them
-    # at the top of the target, beside the image folder.
-    while IFS= read -r csv; do
-        mv -f "$csv" "$tmp/new/" || {
-            REASON="cannot move $csv"
-            return 1
-        }
-    done < <(find "$tmp/raw" -type f -name '*.csv')
-    # This also flattens Kaggle's img_align_celeba/img_align_celeba/.
-    mv "$jpgdir" "$tmp/new/$IMAGES" || {
-        REASON="cannot move the images out of $jpgdir"
-        return 1
-    }
-
-    n=$(count_jpgs "$tmp/new/$IMAGES")
-    if [[ $n -ne $EXPECTED ]]; then
-        warn "$zip holds $n images, expected $EXPECTED; installing them anyway"
-    fi
-
-    if [[ ! -e $TARGET ]]; then
-        # One rename: the target appears complete or not at all.
-        mv "$tmp/new" "$TARGET" || {
-            REASON="cannot move the extracted files to $TARGET"
-            return 1
-        }
-    else
-        # The target exists (maybe with other data in it): swap only the image folder,
-        # keeping the old one until the new one is in place.
-        if [[ -e $TARGET/$IMAGES ]]; then
-            mv "$TARGET/$IMAGES" "$tmp/old" || {
-                REASON="cannot move the old $TARGET/$IMAGES aside"
-                return 1
-            }
-        fi
-        if ! mv "$tmp/new/$IMAGES" "$TARGET/$IMAGES"; then
-            if [[ -e $tmp/old ]]; then mv "$tmp/old" "$TARGET/$IMAGES" || true; fi
-            REASON="cannot move the extracted images to $TARGET/$IMAGES"
-            return 1
-        fi
-        for csv in "$tmp/new"/*.csv; do
-            if [[ -e $csv ]]; then mv -f "$csv" "$TARGET/" || return 1; fi
-        done
-    fi
-    log "done: $n images in $TARGET/$IMAGES"
-    return 0
-}
-
-# Sets KUSER/KKEY/KSRC from KAGGLE_USERNAME/KAGGLE_KEY or kaggle.json; empty if none.
-kaggle_credentials() {
-    KUSER="" KKEY="" KSRC=""
-    if [[ -n ${KAGGLE_USERNAME:-} && -n ${KAGGLE_KEY:-} ]]; then
-        KUSER=$KAGGLE_USERNAME KKEY=$KAGGLE_KEY KSRC="KAGGLE_USERNAME/KAGGLE_KEY"
-        return 0
-    fi
-    local json="${KAGGLE_CONFIG_DIR:-${HOME:-}/.kaggle}/kaggle.json"
-    if [[ -r $json ]]; then
-        # {"username":"...","key":"..."}: plain sed, no jq or python needed.
-        KUSER=$(sed -n 's/.*"username"[[:space:]]*:[[:space:]]*"\([^"]*\)".*/\1/p' "$json" | head -n 1)
-        KKEY=$(sed -n 's/.*"key"[[:space:]]*:[[:space:]]*"\([^"]*\)".*/\1/p' "$json" | head -n 1)
-        if [[ -n $KUSER && -n $KKEY ]]; then
-            KSRC=$json
-        else
-            KUSER="" KKEY=""
-        fi
-    fi
-    return 0
-}
-
-curl_reason() {
-    case $1 in
-    6) echo "curl could not resolve the host (no network?)" ;;
-    7) echo "curl could not connect (no network or blocked?)" ;;
-    18 | 56) echo "the transfer broke off (curl exit $1); re-run to resume it" ;;
-    22) echo "HTTP error (curl exit 22: e.g. 401/403 without Kaggle credentials, 404, or 429 quota)" ;;
-    28) echo "timed out (curl exit 28)" ;;
-    35 | 60) echo "TLS/certificate problem (curl exit $1)" ;;
-    37) echo "curl could not read the file (exit 37)" ;;
-    *) echo "curl failed (exit $1)" ;;
-    esac
-}
-
-# curl, with the Kaggle credentials when CURL_AUTH=yes. The key goes in through stdin
-# (curl --config -), not the command line, so that it does not show up in `ps`;
-# without --location-trusted curl sends no credentials to the hosts it is redirected to.
-CURL_AUTH=no
-run_curl() {
-    if [[ $CURL_AUTH == yes ]]; then
-        curl --config - "$@" <<<"user = \"$KUSER:$KKEY\""
-    else
-        curl "$@"
-    fi
-}
-
-# reuse_earlier_download ZIP CHECK_MD5: a complete download from an earlier run is used again
-# if it verifies (ARCHIVE set, returns 0); one that does not is deleted so it is fetched anew.
-reuse_earlier_download() {
-    [[ -f $1 ]] || return 1
-    log "found an earlier download, $1"
-    if verify_archive "$1" "$2"; then
-        ARCHIVE=$1
-        return 0
-    fi
-    warn "$REASON; deleting it and downloading again"
-    rm -f "$1"
-    return 1
-}
-
-# Step 2: download $URL with curl into $DOWNLOADS, resuming a .part from an earlier run.
-try_curl() {
-    local url=$URL name zip part check_md5=no rc=0
-    local -a opts
-    name=${url%%\?*}
-    name=${name##*/}
-    [[ $name == *.zip ]] || name="$name.zip"
-    [[ $name != .zip ]] || name=celeba-dataset.zip
-    zip="$DOWNLOADS/$name"
-    part="$zip.part"
-    if [[ $name == "$OFFICIAL_NAME" && -n $MD5 ]]; then check_md5=yes; fi
-
-    if reuse_earlier_download "$zip" "$check_md5"; then return 0; fi
-    mkdir -p "$DOWNLOADS" || {
-        REASON="cannot create $DOWNLOADS"
-        return 1
-    }
-
-    opts=(-fL --retry 3 --connect-timeout 30 -C - -o "$part")
+# get_curl URL PART: download into PART, resuming it; at kaggle.com anonymously first, then with
+# each credential after an HTTP error. Credentials go in on stdin (--config -), never in argv.
+get_curl() {
+    local url=$1 part=$2 rc=0 auth u
+    local opts=(-fL --retry 3 --connect-timeout 30 -C - -o "$part" --config -)
     if [[ -t 2 ]]; then opts+=(--progress-bar); else opts+=(-sS); fi
-    if [[ $url == https://www.kaggle.com/* || $url == https://kaggle.com/* ]]; then
-        kaggle_credentials
-        if [[ -n $KUSER ]]; then
-            CURL_AUTH=yes
-            log "using the Kaggle credentials of '$KUSER' (from $KSRC)"
+    AUTHS=("") && case $url in https://www.kaggle.com/* | https://kaggle.com/*) kaggle_auths ;; esac
+    for auth in "${AUTHS[@]}"; do
+        case $auth in
+        user*) u=${auth#*\"} && log "retrying as Kaggle user ${u%%:*} (username and key)" ;;
+        header*) log "retrying with a Kaggle API token (bearer)" ;;
+        esac
+        if [[ -s $part ]]; then log "resuming $part from $url"; else log "downloading $url to $part"; fi
+        rc=0 && curl "${opts[@]}" "$url" <<<"$auth" || rc=$?
+        if ((rc == 33)); then # the server cannot resume: start over
+            rm -f "$part" && rc=0 && curl "${opts[@]}" "$url" <<<"$auth" || rc=$?
         fi
-    fi
-    if [[ -s $part ]]; then
-        log "resuming $part ($(wc -c <"$part" | tr -d ' ') bytes so far) from $url"
-    else
-        log "downloading $url to $part"
-    fi
-    run_curl "${opts[@]}" "$url" || rc=$?
-    if [[ $rc -eq 33 ]]; then
-        # The server cannot resume: start over.
-        log "the server cannot resume $part; downloading it again from the start"
-        rm -f "$part"
-        rc=0
-        run_curl "${opts[@]}" "$url" || rc=$?
-    fi
-    if [[ $rc -ne 0 ]]; then
-        # A .part that was already complete makes some servers answer 416 to -C -.
-        if [[ -s $part ]] && unzip -tq "$part" >/dev/null 2>&1; then
-            log "$part was already complete"
-        else
-            REASON=$(curl_reason "$rc")
-            if [[ -s $part ]]; then REASON="$REASON; kept $part to resume later"; fi
-            return 1
-        fi
-    fi
-    mv -f "$part" "$zip" || {
-        REASON="cannot rename $part"
-        return 1
-    }
-    if ! verify_archive "$zip" "$check_md5"; then
-        rm -f "$zip" # a bad download must not be reused; a re-run fetches it again
-        REASON="downloaded file unusable ($REASON); deleted it"
-        return 1
-    fi
-    ARCHIVE=$zip
-    return 0
+        if ((rc == 0)); then return 0; elif ((rc != 22)); then break; fi # 22: an HTTP error
+    done
+    # A .part that was already complete makes some servers answer 416 to -C -.
+    if [[ -s $part ]] && unzip -tq "$part" >/dev/null 2>&1; then return 0; fi
+    case $rc in
+    6 | 7 | 28) REASON="curl exit $rc: no connection (no network, or blocked?)" ;;
+    18 | 56) REASON="curl exit $rc: the transfer broke off" ;;
+    22) REASON="curl exit 22: an HTTP error (401/403 without Kaggle credentials, 404, 429 quota)" ;;
+    *) REASON="curl exit $rc" ;;
+    esac
+    if [[ -s $part ]]; then REASON="$REASON; kept $part to resume later"; fi
+    return 1
 }
 
-# Step 3: the official file from Google Drive through gdown; always md5-checked.
-try_gdown() {
-    local zip="$DOWNLOADS/$OFFICIAL_NAME" part gdown help rc=0 check_md5=no
-    local -a args
-    part="$zip.part"
-    if [[ ${CELEBA_NO_GDOWN:-0} == 1 ]]; then
-        REASON="skipped (CELEBA_NO_GDOWN=1)"
-        return 1
-    fi
-    if [[ -n $MD5 ]]; then check_md5=yes; fi
-    if reuse_earlier_download "$zip" "$check_md5"; then return 0; fi
-    if command -v gdown >/dev/null 2>&1; then
-        gdown=$(command -v gdown)
-    elif [[ -x $SCRIPT_DIR/.venv/bin/gdown ]]; then
-        gdown=$SCRIPT_DIR/.venv/bin/gdown
-    else
-        REASON="gdown is not installed (install it with: python3 -m pip install gdown, then re-run)"
-        return 1
-    fi
-    mkdir -p "$DOWNLOADS" || {
-        REASON="cannot create $DOWNLOADS"
-        return 1
-    }
-    args=("https://drive.google.com/uc?id=$GDRIVE_ID" -O "$part")
-    # gdown writes to its own temporary file and renames it to $part when done;
-    # --continue (recent gdown) resumes that temporary file.
-    help=$("$gdown" --help 2>&1 || true)
-    if [[ $help == *--continue* ]]; then args+=(--continue); fi
+get_gdown() { # get_gdown GDOWN URL PART
+    local args=("$2" -O "$3")
+    if [[ $("$1" --help 2>&1 || true) == *--continue* ]]; then args+=(--continue); fi
     if [[ ! -t 2 ]]; then args+=(--quiet); fi
-    log "downloading $OFFICIAL_NAME from Google Drive (id $GDRIVE_ID) with $gdown"
-    "$gdown" "${args[@]}" || rc=$?
-    if [[ $rc -ne 0 || ! -s $part ]]; then
-        REASON="gdown failed (exit $rc; Google Drive often refuses this popular file for a day: 'too many users')"
-        return 1
-    fi
-    mv -f "$part" "$zip" || {
-        REASON="cannot rename $part"
-        return 1
-    }
-    if ! verify_archive "$zip" "$check_md5"; then
-        rm -f "$zip"
-        REASON="downloaded file unusable ($REASON); deleted it"
-        return 1
-    fi
-    ARCHIVE=$zip
-    return 0
+    log "downloading $2 with $1 to $3"
+    if "$1" "${args[@]}" && [[ -s $3 ]]; then return 0; fi
+    rm -f "$3" # gdown resumes its own temporary file, not this one
+    REASON="gdown failed (Google Drive often refuses this popular file for a day: 'too many users')"
+    return 1
 }
 
-usage() {
-    # Print the comment header above.
-    sed -n '2,/^$/s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+# fetch NAME URL MD5: ARCHIVE= this source's verified $DOWNLOADS/celeba-NAME.zip (an earlier
+# download is reused), or REASON and 1. A download that fails verification is deleted.
+fetch() {
+    local name=$1 url=$2 md5=$3 zip=$DOWNLOADS/celeba-$1.zip gdown="" have
+    if [[ -z $url ]]; then
+        REASON="skipped (CELEBA_MIRROR_URL is empty)" && return 1
+    elif [[ $name == gdrive && ${CELEBA_NO_GDOWN:-0} == 1 ]]; then
+        REASON="skipped (CELEBA_NO_GDOWN=1)" && return 1
+    elif [[ $name == gdrive ]] && ! gdown=$(command -v gdown || ls "$SCRIPT_DIR/.venv/bin/gdown" 2>/dev/null); then
+        REASON="gdown is not installed (python3 -m pip install gdown, then re-run)" && return 1
+    fi
+    if [[ -f $zip ]]; then
+        log "found an earlier download, $zip"
+        if verify "$zip" "$md5"; then ARCHIVE=$zip && return 0; fi
+        warn "$REASON; deleting it and downloading again" && rm -f "$zip"
+    fi
+    have=$({ wc -c <"$zip.part"; } 2>/dev/null || echo 0)
+    need_space $((EXPECTED * DOWNLOAD_BYTES > have ? EXPECTED * DOWNLOAD_BYTES - have : 0))
+    if [[ ! -d $DOWNLOADS ]]; then
+        mkdir -p "$DOWNLOADS" || { REASON="cannot create $DOWNLOADS" && return 1; }
+        MADE+=("$DOWNLOADS")
+    fi
+    if [[ -n $gdown ]]; then get_gdown "$gdown" "$url" "$zip.part" || return 1; else
+        get_curl "$url" "$zip.part" || return 1; fi
+    mv -f "$zip.part" "$zip" || { REASON="cannot rename $zip.part" && return 1; }
+    verify "$zip" "$md5" || { rm -f "$zip" && REASON="$REASON; deleted it" && return 1; }
+    ARCHIVE=$zip
 }
 
 main() {
-    local local_zip="${CELEBA_ZIP:-}" n d check_md5
-    local -a tried=()
-    case ${1:-} in
-    -h | --help)
-        usage
-        return 0
-        ;;
-    esac
-    if [[ $# -gt 1 ]]; then
-        usage >&2
-        die "at most one argument (a local archive) is accepted"
-    fi
-    if [[ $# -eq 1 ]]; then local_zip=$1; fi
-
-    TARGET=${CELEBA_DIR:-$SCRIPT_DIR/datasets/extracted}
-    TARGET=${TARGET%/}
-    PARENT=$(dirname "$TARGET")
-    DOWNLOADS=${CELEBA_DOWNLOADS:-$PARENT/downloads}
-    URL=${CELEBA_URL:-$DEFAULT_KAGGLE_URL}
-    GDRIVE_ID=${CELEBA_GDRIVE_ID:-$DEFAULT_GDRIVE_ID}
-    # Unset: the official md5. Set but empty: no md5 check.
-    MD5=$(printf '%s' "${CELEBA_MD5-$DEFAULT_MD5}" | tr 'A-F' 'a-f')
-    EXPECTED=${CELEBA_EXPECTED:-$DEFAULT_EXPECTED}
+    case ${1:-} in -h | --help) sed -n '2,/^$/s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" && return 0 ;; esac
+    [[ $# -le 1 ]] || die "at most one argument (a local archive) is accepted; see --help"
+    local zip=${1:-${CELEBA_ZIP:-}} n src name url md5 tried=()
+    TARGET=${CELEBA_DIR:-$SCRIPT_DIR/datasets/extracted} && TARGET=${TARGET%/}
+    IMGDIR=$TARGET/img_align_celeba REAL=$TARGET/img_align_celeba
+    DOWNLOADS=${CELEBA_DOWNLOADS:-$(dirname "$TARGET")/downloads}
+    EXPECTED=${CELEBA_EXPECTED:-202599}
     [[ $EXPECTED =~ ^[0-9]+$ ]] || die "CELEBA_EXPECTED must be a number, not '$EXPECTED'"
-
-    trap cleanup EXIT
-    trap 'exit 130' INT
-    trap 'exit 143' TERM
-
-    # A run killed hard (kill -9, power loss) cannot clean up after itself; its
-    # temporary folders are only ever partial, so remove them now.
-    for d in "$PARENT"/.extract-*; do
-        if [[ -d $d ]]; then
-            log "removing $d, left over from an interrupted run"
-            rm -rf "$d"
-        fi
+    trap cleanup EXIT && trap 'exit 130' INT && trap 'exit 143' TERM
+    if [[ -L $IMGDIR ]]; then
+        [[ -d $IMGDIR ]] || die "$IMGDIR is a symlink to a missing folder: create it or remove the link"
+        REAL=$(cd -P "$IMGDIR" && pwd) && log "following the symlink $IMGDIR to $REAL"
+    fi
+    for d in "$(dirname "$REAL")"/.extract-*; do # left by a kill -9
+        if [[ -d $d/old && ! -e $REAL ]]; then mv "$d/old" "$REAL"; fi
+        if [[ -d $d ]]; then log "removing $d, left over from an interrupted run" && rm -rf "$d"; fi
     done
 
-    if [[ -d $TARGET/$IMAGES ]]; then
-        n=$(count_jpgs "$TARGET/$IMAGES")
-        if [[ $n -eq $EXPECTED ]]; then
-            log "CelebA is already there: $n images in $TARGET/$IMAGES; nothing to do"
+    if [[ -f $REAL/.complete ]]; then
+        n=$(sed -n 's/^count=//p' "$REAL/.complete")
+        src=$(sed -n 's/^source=//p' "$REAL/.complete")
+        if [[ $n == "$EXPECTED" ]]; then
+            log "CelebA is already there: $n images in $IMGDIR (from $src); nothing to do" && return 0
+        fi
+        warn "$IMGDIR holds $n images, expected $EXPECTED (says its .complete marker); getting CelebA again"
+    elif [[ -d $REAL ]]; then # no marker: adopt the folder if it is complete
+        n=$(find "$REAL/" -maxdepth 1 -type f -name "$JPG" ! -empty | wc -l) && n=$((n))
+        if ((n == EXPECTED)); then
+            { printf 'source=existing folder\nmd5=none\ncount=%s\n' "$n" >"$REAL/.complete"; } 2>/dev/null || true
+            log "CelebA is already there: $n images in $IMGDIR (a folder without marker); nothing to do"
             return 0
         fi
-        warn "$TARGET/$IMAGES holds $n images, expected $EXPECTED; getting CelebA again" \
-            "(the folder is replaced only once a complete new copy is extracted)"
+        warn "$IMGDIR holds $n images, expected $EXPECTED; getting CelebA again (it is replaced only by a complete copy)"
     fi
 
-    # 1. A local archive: use it or fail, never fall through to the network.
-    if [[ -n $local_zip ]]; then
-        [[ -f $local_zip ]] || die "no such archive: $local_zip"
-        check_md5=no
-        if [[ -n ${CELEBA_MD5:-} ]] ||
-            [[ $(basename "$local_zip") == "$OFFICIAL_NAME" && -n $MD5 ]]; then
-            check_md5=yes
+    if [[ -n $zip ]]; then # a local archive: use it or fail, never fall through to the network
+        [[ -f $zip ]] || die "no such archive: $zip"
+        need_space 0 && log "using the local archive $zip"
+        verify "$zip" "$(md5_for "")" || die "$REASON"
+        install "$zip" "local ($zip)"
+        return 0
+    fi
+    for src in "kaggle|${CELEBA_URL:-$DEFAULT_KAGGLE_URL}|" \
+        "gdrive|https://drive.google.com/uc?id=${CELEBA_GDRIVE_ID:-0B7EVK8r0v71pZjFTYXZWM3FlRnM}|$OFFICIAL_MD5" \
+        "mirror|${CELEBA_MIRROR_URL-$DEFAULT_MIRROR_URL}|$OFFICIAL_MD5"; do
+        IFS='|' read -r name url md5 <<<"$src"
+        if fetch "$name" "$url" "$(md5_for "$md5")"; then
+            install "$ARCHIVE" "$name ($url)"
+            log "kept the download $ARCHIVE (delete it to free space)" && return 0
         fi
-        log "using the local archive $local_zip"
-        if ! verify_archive "$local_zip" "$check_md5"; then
-            if [[ $REASON == *"md5 mismatch"* ]]; then
-                REASON="$REASON (for an archive that is not the official file, set CELEBA_MD5= to skip this check)"
-            fi
-            die "$REASON"
-        fi
-        extract_and_install "$local_zip" || die "$REASON"
-        return 0
-    fi
-
-    # 2. Kaggle (or CELEBA_URL) over curl.
-    if try_curl; then
-        extract_and_install "$ARCHIVE" || die "$REASON"
-        log "kept the download $ARCHIVE (delete it to free space; a re-run would reuse it)"
-        return 0
-    fi
-    tried+=("curl $URL: $REASON")
-
-    # 3. Google Drive through gdown.
-    if try_gdown; then
-        extract_and_install "$ARCHIVE" || die "$REASON"
-        log "kept the download $ARCHIVE (delete it to free space; a re-run would reuse it)"
-        return 0
-    fi
-    tried+=("Google Drive id $GDRIVE_ID via gdown: $REASON")
-
-    rmdir "$DOWNLOADS" 2>/dev/null || true # do not leave an empty folder behind
-    err "could not get CelebA from any source. Tried:"
-    for d in "${tried[@]}"; do
-        printf '  - %s\n' "$d" >&2
+        tried+=("$name ($url): $REASON")
     done
-    {
-        printf 'Download img_align_celeba.zip by hand, from the official CelebA page\n'
-        printf '  https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html ("Align&Cropped Images")\n'
-        printf 'or from Kaggle (https://www.kaggle.com/datasets/jessicali9530/celeba-dataset), then run:\n'
-        printf '  CELEBA_ZIP=/path/to/img_align_celeba.zip make download\n'
-    } >&2
+    printf '%s\n' "download_celeba: error: could not get CelebA from any source. Tried:" "${tried[@]/#/  - }" \
+        'Download img_align_celeba.zip by hand, from the official CelebA page' \
+        '  https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html ("Align&Cropped Images")' \
+        'or from Kaggle (https://www.kaggle.com/datasets/jessicali9530/celeba-dataset), then run:' \
+        '  CELEBA_ZIP=/path/to/img_align_celeba.zip make download' >&2
     return 1
 }
 
-# Run only when executed, so that tests can source the file and call its functions.
-if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
-    main "$@"
-fi
+main "$@"
