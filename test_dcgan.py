@@ -896,6 +896,20 @@ def test_fid_every_under_torchrun_is_computed_by_rank_0_alone(faces, tmp_path):
     assert len((out / "fid.csv").read_text().splitlines()) == 2
 
 
+@needs_fid
+def test_fid_every_leaves_training_and_its_exact_resume_unchanged(faces, tmp_path, monkeypatch):
+    """Building the Inception network draws from the global RNG; training's noise must not notice."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    plain, with_fid, split = tmp_path / "plain", tmp_path / "fid", tmp_path / "split"
+    fid_flags = ["--fid-every", 1, "--fid-n", 8]
+    assert run_main(*train_args(faces, plain, 2)) == 0
+    assert run_main(*train_args(faces, with_fid, 2, *fid_flags)) == 0
+    assert run_main(*train_args(faces, split, 1, *fid_flags)) == 0
+    assert run_main(*train_args(faces, split, 2, "--resume", split / "checkpoint.pth")) == 0
+    assert_same_run(plain, with_fid, 2)
+    assert_same_run(with_fid, split, 2)
+
+
 def test_fid_every_without_pytorch_fid_is_one_clear_line_after_the_checkpoint(faces, tmp_path, capsys,
                                                                             monkeypatch):
     monkeypatch.setitem(sys.modules, "pytorch_fid", None)  # as if not installed

