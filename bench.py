@@ -9,7 +9,8 @@ Both run on the same images and device, after warm-up, for --steps training step
 - baseline: ImageFolder + DataLoader(--workers) decoding JPEGs every step, fp32, NCHW, D ending in
   Sigmoid with BCELoss, and .item() every step for the log, as the tutorial does (written here);
 - dcgan.py: the images decoded once into the cache, batches gathered from it, bf16/fp16 autocast
-  where the device supports it, channels_last, dcgan.train_step (its own code, imported).
+  where the device supports it, channels_last, dcgan.train_step (its own code, imported), replayed as
+  a CUDA graph on a GPU as dcgan.py does (--no-cuda-graph: each kernel launched on its own).
 For each it reports training img/s end to end, data-loading-only img/s, FLOPs per image per step
 (torch.utils.flop_counter) and model FLOP utilisation against the peak of a large matmul measured
 in the same run (only for dtypes the device runs natively, and bounded in time); then the speed-ups.
@@ -49,6 +50,7 @@ def parse_args():
     p.add_argument("--workers", type=int, default=2, help="the baseline's DataLoader workers (tutorial: 2)")
     p.add_argument("--amp", default="auto", choices=["auto", "off", "bf16", "fp16"], help="dcgan.py's --amp")
     p.add_argument("--compile", action="store_true", help="torch.compile dcgan.py's G and D")
+    p.add_argument("--no-cuda-graph", action="store_true", help="dcgan.py's --no-cuda-graph: no CUDA graph")
     p.add_argument("--no-baseline", action="store_true", help="time dcgan.py's pipeline alone")
     p.add_argument("--profile", action="store_true", help="profile a few of dcgan.py's steps (torch.profiler)")
     p.add_argument("--out", default="results/bench.json")
@@ -181,7 +183,8 @@ def run_dcgan(args, device):
         G.apply(dcgan.init_weights)
         D.apply(dcgan.init_weights)
         fused = device.type == "cuda"
-        opt_g, opt_d = (torch.optim.Adam(m.parameters(), lr=2e-4, betas=(0.5, 0.999), fused=fused) for m in (G, D))
+        opt_g, opt_d = (torch.optim.Adam(m.parameters(), lr=2e-4, betas=(0.5, 0.999), fused=fused, capturable=fused)
+                        for m in (G, D))
         scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
         def batches():
@@ -190,7 +193,8 @@ def run_dcgan(args, device):
                 for batch in dcgan.cached_batches(images, order, device):
                     yield dcgan.to_model_input(batch, device)
         source = batches()
-        step = lambda: dcgan.train_step(G, D, opt_g, opt_d, scaler, next(source), 100, amp_dtype)
+        train_step = dcgan.graphed_train_step(args, device, amp_dtype)  # as dcgan.py trains
+        step = lambda: train_step(G, D, opt_g, opt_d, scaler, next(source), 100, amp_dtype)
         with FlopCounterMode(display=False) as counter:
             step()
         if args.compile:
@@ -201,6 +205,7 @@ def run_dcgan(args, device):
         if args.profile:
             result["profile"] = profile_steps(step, device)
     result.update(flops_per_img=counter.get_total_flops() / args.batch_size, cache_build_img_s=build_img_s,
+                  cuda_graph=train_step is not dcgan.train_step,
                   dtype=str(amp_dtype).replace("torch.", "") if amp_dtype else "float32")
     return result
 

@@ -122,9 +122,9 @@ def build_models(args, device):
     D.apply(init_weights)
     load_initial_weights(args, G, D)  # --init-g / --init-d: start from saved weights instead
     G, D = (m.to(device, memory_format=memory_format(device)) for m in (G, D))
-    # Adam with beta1 = 0.5 (above); fused: the whole update in one kernel launch on CUDA.
+    # Adam with beta1 = 0.5 (above); fused: the whole update in one kernel launch on CUDA (capturable: in a graph).
     opt_g, opt_d = (torch.optim.Adam(m.parameters(), lr=args.lr, betas=(args.beta1, 0.999),
-                                     fused=device.type == "cuda") for m in (G, D))
+                                     fused=device.type == "cuda", capturable=device.type == "cuda") for m in (G, D))
     return G, D, opt_g, opt_d
 
 def new_fixed_noise(nz, seed):
@@ -179,10 +179,11 @@ def train_epoch(run, epoch, stop):
     batches = epoch_batches(run.n, args.batch_size, args.seed, epoch, run.rank, run.world)[first:]
     pending, tick, seen, trained = [], time.perf_counter(), 0, 0
     for i, images in enumerate(batches_from(run, batches), first):
-        # Train on the batch: uint8 images become floats in [-1, 1] on the device first.
+        # Train on the batch: uint8 images become floats in [-1, 1] on the device first. run.train_step is
+        # train_step above (on one CUDA GPU recorded once and replayed as a CUDA graph: graphed_train_step).
         if len(images) >= 2:  # BatchNorm needs two images (undecodable files can leave fewer)
-            stats = train_step(run.G_train, run.D_train, run.opt_g, run.opt_d, run.scaler,
-                               to_model_input(images, run.device), args.nz, run.amp_dtype)
+            stats = run.train_step(run.G_train, run.D_train, run.opt_g, run.opt_d, run.scaler,
+                                   to_model_input(images, run.device), args.nz, run.amp_dtype)
             update_ema(run)  # --ema: G_ema follows G
             pending.append((epoch, i, stats))
             seen, trained = seen + len(images), trained + len(images)
@@ -278,10 +279,8 @@ class UserError(Exception):
     """A mistake the user can fix: main() prints it as one line and exits with code 2."""
 
 # ----------------------------------------------------------------------------- the run: set-up, stop, end
-
 def prepare_run(args):
-    """All a run needs before its first step, in one namespace: flags (restored on --resume), device, data,
-    G and D with their optimizers (in DDP under torchrun), a resumed state, and --out, locked."""
+    """All a run needs before its first step, in one namespace (flags restored on --resume, --out locked)."""
     if args.resume and (args.init_g or args.init_d):
         raise UserError("--resume continues a run; --init-g/--init-d start a new one from weights: use one")
     resume, changes = load_checkpoint(args.resume) if args.resume else None, []
@@ -321,10 +320,10 @@ def prepare_run(args):
             raise UserError(f"none of the first {args.batch_size * len(first)} images in --data could be decoded")
         save_image(run.real_grid, os.path.join(args.out, "real_samples.png"))  # 8 a row
         write_losses(run.losses_csv, run.history.tolist(), "w")  # rows logged after the checkpoint go
-    if args.compile:  # after loading weights; Module.compile keeps state_dict keys free of _orig_mod.
-        run.G.compile()
-        run.D.compile()
+    for model in (run.G, run.D) if args.compile else ():  # after loading weights; Module.compile: clean keys
+        model.compile()
     run.G_train, run.D_train = wrap_for_ddp(args, run.G, run.D, device) if dist.is_initialized() else (run.G, run.D)
+    run.train_step = graphed_train_step(args, device, run.amp_dtype)  # or train_step itself (CPU, fp16, DDP)
     n_params = [sum(p.numel() for p in m.parameters()) for m in (run.G, run.D)]
     run.say(f"{run.n} images in {args.data} | {args.image_size}x{args.image_size} | device {device} | "
             f"amp {str(run.amp_dtype).replace('torch.', '') if run.amp_dtype else 'off'} | "
@@ -343,16 +342,13 @@ def batches_from(run, batches):
 
 @torch.no_grad()
 def update_ema(run):
-    """--ema: after each step G_ema's weights move 1 - decay of the way to G's (Yazıcı et al., 2019, report a
-    lower FID for DCGANs on CelebA from such an average)."""
-    if run.G_ema is not None:
-        for average, now in zip(run.G_ema.parameters(), run.G.parameters()):
-            average.lerp_(now, 1 - run.args.ema)
+    """--ema: G_ema moves 1 - decay of the way to G after each step (Yazıcı et al., 2019: lower FID on CelebA)."""
+    if run.G_ema is not None:  # one kernel for all of G's tensors
+        torch._foreach_lerp_(list(run.G_ema.parameters()), list(run.G.parameters()), 1 - run.args.ema)
 
 @torch.no_grad()
 def ema_batchnorm_statistics(run, batches=8):
-    """G_ema's own BatchNorm statistics, averaged over batches of fresh seeded latents: G's running statistics
-    belong to G's weights, and with them G_ema draws washed-out grey faces."""
+    """G_ema's own BatchNorm statistics from fresh seeded latents: with G's running ones it draws washed-out grey."""
     g = torch.Generator(run.device).manual_seed(run.args.seed)
     for m in (m for m in run.G_ema.modules() if isinstance(m, nn.BatchNorm2d)):
         m.reset_running_stats()
@@ -380,8 +376,7 @@ def stop_requests(second_ctrl_c_stops_at_once=True):
             signal.signal(signum, handler)
 
 def stop_run(run, epoch, step, signum):
-    """Save the checkpoint at this step, print a complete resume command (--resume restores every other
-    flag) and exit with 128 + the signal's number."""
+    """Save the checkpoint at this step, print the complete resume command, exit with 128 + the signal."""
     if run.master:
         save_checkpoint(run, epoch, step)
     launch = f"torchrun --standalone --nproc_per_node={run.world}" if run.world > 1 else "python"
@@ -400,9 +395,7 @@ def finish_run(run):
         dist.destroy_process_group()
 
 # ----------------------------------------------------------------------------- data
-
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
-# What PIL raises for a broken, truncated, oversized or non-image file.
 IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning)
 
 def find_images(root):
@@ -432,11 +425,8 @@ def load_image(path, size):
 class ImageFiles(torch.utils.data.Dataset):
     """The image files as uint8 tensors. A file that fails to decode is marked bad (ok=False), not fatal."""
 
-    def __init__(self, paths, size):
+    def __init__(self, paths, size):  # (no __len__: the DataLoader takes its batches from a batch_sampler)
         self.paths, self.size = paths, size
-
-    def __len__(self):
-        return len(self.paths)
 
     def __getitem__(self, i):
         try:
@@ -445,8 +435,7 @@ class ImageFiles(torch.utils.data.Dataset):
             return torch.zeros(3, self.size, self.size, dtype=torch.uint8), False, i
 
 def epoch_batches(n, batch_size, seed, epoch, rank=0, world=1):
-    """This rank's slice of each global batch (world x batch_size, the last partial one dropped) of a fresh
-    shuffle; a pure function of (seed, epoch), so a resumed run and every rank see the same shuffle."""
+    """This rank's part of each full global batch of a (seed, epoch)-seeded shuffle: ranks and resumes agree."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 10007 + epoch))
     step = batch_size * world
     batches = order[: n // step * step].view(-1, world, batch_size)[:, rank]
@@ -498,8 +487,7 @@ def build_cache(paths, size, base):
             pool.join()
         if not count:
             raise UserError(f"none of the {len(paths)} image files under --data could be decoded")
-        with open(base + ".json.tmp", "w") as f:
-            json.dump({"count": count, "size": size, "files": len(paths), "bad": bad}, f)
+        Path(base + ".json.tmp").write_text(json.dumps(dict(count=count, size=size, files=len(paths), bad=bad)))
         os.replace(base + ".u8.tmp", base + ".u8")
         os.replace(base + ".json.tmp", base + ".json")
     finally:
@@ -510,8 +498,7 @@ def build_cache(paths, size, base):
 def load_cache(base, size):
     """(uint8 [N, 3, S, S] memory-mapped from disk, read on demand; metadata) of a complete cache, or None."""
     try:
-        with open(base + ".json") as f:
-            meta = json.load(f)
+        meta = json.loads(Path(base + ".json").read_text())
         nbytes = meta["count"] * 3 * size * size
         if meta["size"] != size or os.path.getsize(base + ".u8") != nbytes or not nbytes:
             return None
@@ -527,8 +514,7 @@ def place_cache(images, device):
     return images
 
 def cached_batches(images, batches, device):
-    """Batches gathered from the decoded array in the epoch's order: no decoding, no workers. The indices
-    go to the device once an epoch: a tensor made from a list on a GPU is a blocking copy, a stall a step."""
+    """Batches gathered from the decoded array; the indices go to the device once an epoch (not a stall a step)."""
     for index in torch.tensor(batches, dtype=torch.long, device=images.device):  # [steps, batch]
         if images.device.type == device.type:  # (compare types: "cuda" is not equal to "cuda:0")
             yield images[index]
@@ -566,10 +552,8 @@ def warn_skipped(names):
           f"{', ...' if len(names) > 5 else ''}", file=sys.stderr)
 
 # ----------------------------------------------------------------------------- checkpoints
-
 def atomic_save(obj, path):
-    """torch.save to a temporary file, then rename: a crash or kill -9 never leaves a broken file, and a
-    failed write (disk full) leaves the previous one as it was."""
+    """torch.save to a temporary file, then rename: a crash, kill -9 or full disk never breaks the last file."""
     tmp = f"{path}.tmp"
     try:
         with open(tmp, "wb") as f:
@@ -652,8 +636,7 @@ def load_initial_weights(args, G, D):
             load_weights(model, model_state(load_checkpoint(path), key, path), path, key)
 
 def restore_run_flags(args, saved):
-    """--resume continues the run as it was: a flag not typed (args.given) takes the checkpoint's value. A typed
-    one that defines the run (RUN_FLAGS) must agree; other changes (--epochs, --lr...) are returned for the log."""
+    """--resume continues the run as it was: flags not typed come from the checkpoint; typed RUN_FLAGS must agree."""
     conflicts, changes = [], []
     for name in TRAIN_DEFAULTS.keys() & saved.keys():
         mine, theirs = getattr(args, name), saved[name]
@@ -675,9 +658,10 @@ def restore_training(resume, run):
         if model is not None:
             load_weights(model, model_state(resume, key, args.resume), args.resume, key.split("_")[0])
     for opt, key in ((run.opt_g, "optimizer_g"), (run.opt_d, "optimizer_d")):
+        kernels = {k: opt.param_groups[0][k] for k in ("fused", "capturable")}  # this device's, not the saver's
+        for group in resume[key]["param_groups"]:  # and a new --lr / --beta1 wins over the saved one
+            group.update(kernels, lr=args.lr, betas=(args.beta1, 0.999))
         opt.load_state_dict(resume[key])
-        for group in opt.param_groups:  # a new --lr / --beta1 on resume wins over the saved one
-            group["lr"], group["betas"] = args.lr, (args.beta1, 0.999)
     rng = resume["rng"]
     torch.set_rng_state(rng["torch"])
     random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in rng["python"]))
@@ -708,7 +692,6 @@ def claim_out_folder(folder):
     return lock
 
 # ----------------------------------------------------------------------------- distributed (torchrun)
-
 def setup_distributed(args):
     """rank, world size, device: one process per GPU (NCCL) or CPU process (gloo) under torchrun, else one."""
     device = choose_device(args.device)
@@ -724,10 +707,9 @@ def setup_distributed(args):
     return rank, world, device
 
 def wrap_for_ddp(args, G, D, device):
-    """G and D in DDP, which averages gradients across ranks (with one process too: it shows DDP's cost).
-    BatchNorm stays per device, as on one GPU with --batch-size (--sync-bn: over the global batch)."""
-    if args.sync_bn:
-        G, D = (nn.SyncBatchNorm.convert_sync_batchnorm(m) for m in (G, D))
+    """G and D in DDP (under torchrun, even of one process). BatchNorm stays per device, over --batch-size
+    images as on one GPU (--sync-bn: over the global batch)."""
+    G, D = (nn.SyncBatchNorm.convert_sync_batchnorm(m) if args.sync_bn else m for m in (G, D))
     ids = [device.index] if device.type == "cuda" else None
     per_device = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters
                   else {"broadcast_buffers": False})  # BatchNorm running stats: never overwritten by rank 0's
@@ -743,7 +725,6 @@ def stop_agreed(stop, device, flags):
     return len(flags) > 1 and bool(flags.pop(0).item())
 
 # ----------------------------------------------------------------------------- device and precision
-
 def choose_device(name):
     """--device auto takes the first of cuda, mps and cpu that this machine has."""
     if name == "auto":
@@ -757,9 +738,8 @@ def choose_device(name):
     return device
 
 def choose_amp(name, device):
-    """The autocast dtype, or None for fp32. auto: bf16 on GPUs that have it (Ampere on) and on CPUs with
-    native bf16 (AVX-512 BF16 or AMX, PyTorch not capped below AVX-512 by ATEN_CPU_CAPABILITY; elsewhere
-    bf16 is emulated at ~1% of fp32's speed), fp16 with a GradScaler on older GPUs. bench.py asks it too."""
+    """The autocast dtype, or None for fp32. auto: bf16 on GPUs that have it and CPUs where it is native (AVX-512
+    BF16 or AMX, ATen not capped below AVX512; else ~1% of fp32's speed), fp16 with a GradScaler on older GPUs."""
     if name != "auto":
         return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
     if device.type == "cuda":
@@ -772,21 +752,45 @@ def check_device_flags(args, world, device):
     """Refuse flags the device cannot honour; pick cuDNN's fastest kernels, or deterministic ones."""
     if args.sync_bn and (world == 1 or device.type != "cuda"):
         raise UserError("--sync-bn is for several CUDA GPUs under torchrun")
-    if args.compile and device.type == "cuda":  # seen on an H200 with PyTorch 2.11 (README, Performance)
-        raise UserError("--compile fails on CUDA: Inductor mispredicts the strides of channels_last "
-                        "ConvTranspose2d gradients (pytorch/pytorch#171622); train without --compile")
+    if args.compile and device.type == "cuda":  # seen with PyTorch 2.11 (README, Performance)
+        raise UserError("--compile fails on CUDA (pytorch/pytorch#171622); train without it: CUDA graphs do its job")
     if args.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
     torch.backends.cudnn.benchmark = device.type == "cuda" and not args.deterministic  # fixed shapes
 
-# ----------------------------------------------------------------------------- logging and plots
+def graphed_train_step(args, device, amp_dtype, warmup=3):
+    """train_step recorded once as a CUDA graph, then replayed: at batch 128 its ~350 kernel launches keep the
+    CPU busy ~11 ms while the GPU works ~3 ms (H100). Only where the step never waits for the host: CUDA without
+    fp16's GradScaler, DDP, --compile, --no-cuda-graph. Warm-up and odd-sized batches run eagerly on a side stream."""
+    if device.type != "cuda" or amp_dtype == torch.float16 or dist.is_initialized() or args.compile \
+            or args.no_cuda_graph:
+        return train_step
+    graph = SimpleNamespace(cuda=None, real=None, steps=0, side=None)
 
+    def step(G, D, opt_g, opt_d, scaler, real, *rest):
+        graph.steps += 1
+        if graph.steps <= warmup or graph.real is not None and graph.real.shape != real.shape:
+            graph.side = graph.side or torch.cuda.Stream()
+            graph.side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(graph.side):
+                stats = train_step(G, D, opt_g, opt_d, scaler, real, *rest)
+            torch.cuda.current_stream().wait_stream(graph.side)
+            return stats
+        if graph.cuda is None:  # recording runs nothing: the replay below trains on this batch
+            graph.real, graph.cuda = real.clone(), torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph.cuda, capture_error_mode="thread_local"):  # DataLoader threads may copy
+                graph.stats = train_step(G, D, opt_g, opt_d, scaler, graph.real, *rest)
+        graph.real.copy_(real)
+        graph.cuda.replay()  # new noise each replay: CUDA's RNG advances its offset as for eager steps
+        return graph.stats.clone()  # the batch came in, and the numbers go out, through fixed tensors
+    return step
+
+# ----------------------------------------------------------------------------- logging and plots
 LOSS_COLUMNS = ["epoch", "iter", "loss_d", "loss_g", "d_x", "d_g_z1", "d_g_z2"]
 
 def log_progress(run, pending, seen, tick, epoch, i):
-    """The pending steps' numbers moved to the host (the one sync), into losses.csv and the history (a NaN
-    or infinite one stops the run), then the tutorial's log line plus speed and ETA."""
+    """The pending steps' numbers to the host (the one sync) and losses.csv (NaN stops the run); the log line."""
     where = torch.tensor([(epoch, i) for epoch, i, _ in pending], dtype=torch.float32)
     rows = torch.cat([where, torch.stack([stats for _, _, stats in pending]).cpu()], 1)
     finite = torch.isfinite(rows).all(1)
@@ -850,7 +854,6 @@ def save_real_vs_fake(real, fake, path):
     plt.close(fig)
 
 # ----------------------------------------------------------------------------- synthetic faces
-
 def draw_synthetic_face(rng, size):
     """A cartoon face with random skin, hair, eyes, mouth and backdrop, drawn at 4x and downsampled."""
     s, r = size * 4, rng.uniform
@@ -904,7 +907,6 @@ def synth(args):
     print(f"wrote {args.n} synthetic {args.size}x{args.size} faces to {args.out}/")
 
 # ----------------------------------------------------------------------------- command line
-
 def number(cast, low, high=None, low_included=True):
     """An argparse type: a number from low (included or not) up to, not including, high."""
     def parse(text):
@@ -920,8 +922,8 @@ SEED = number(int, 0, 2**32)
 TRAIN_DEFAULTS = dict(data="datasets/extracted", out="results", epochs=5, batch_size=BATCH_SIZE,
                       image_size=IMAGE_SIZE, nz=NZ, ngf=NGF, ndf=NDF, lr=LR, beta1=BETA1, workers=4,
                       cache_dir="datasets/cache", no_cache=False, compile=False, deterministic=False,
-                      sync_bn=False, seed=999, device="auto", amp="auto", log_every=50, save_g="DCGAN_celeba_g.pth",
-                      save_d="DCGAN_celeba_d.pth", ema=0.0, fid_every=0, fid_n=2000)
+                      sync_bn=False, no_cuda_graph=False, seed=999, device="auto", amp="auto", log_every=50,
+                      save_g="DCGAN_celeba_g.pth", save_d="DCGAN_celeba_d.pth", ema=0.0, fid_every=0, fid_n=2000)
 # The flags that define a run: --resume takes them from the checkpoint and refuses a different value.
 RUN_FLAGS = ("image_size", "nz", "ngf", "ndf", "batch_size", "seed", "amp", "no_cache", "deterministic", "ema")
 
@@ -930,7 +932,6 @@ def build_parser(defaults=True):
     formatter = argparse.ArgumentDefaultsHelpFormatter
     parser = argparse.ArgumentParser(description="Train a DCGAN on faces and sample from it.")
     commands = parser.add_subparsers(dest="command", required=True)
-
     t = commands.add_parser("train", help="train G and D on a folder of images", formatter_class=formatter,
                             argument_default=argparse.SUPPRESS)
     t.add_argument("--data", help="folder searched recursively for images")
@@ -949,6 +950,7 @@ def build_parser(defaults=True):
     t.add_argument("--compile", action="store_true", help="torch.compile G and D (CPU only)")
     t.add_argument("--deterministic", action="store_true", help="bit-identical runs on CUDA too (slower kernels)")
     t.add_argument("--sync-bn", action="store_true", help="torchrun: BatchNorm over the global batch")
+    t.add_argument("--no-cuda-graph", action="store_true", help="launch each kernel of a step on its own")
     t.add_argument("--seed", type=SEED, help="data order, initial weights, noise")
     t.add_argument("--device", help="auto (cuda, then mps, then cpu), cuda, cuda:1, mps, cpu")
     t.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"], help="auto: bf16 if native, else fp16 on GPUs")
@@ -962,7 +964,6 @@ def build_parser(defaults=True):
     t.add_argument("--init-g", metavar="PATH", default=None, help="start G from saved weights (fresh optimizer)")
     t.add_argument("--init-d", metavar="PATH", default=None, help="start D from saved weights (fresh optimizer)")
     t.set_defaults(func=train, **(TRAIN_DEFAULTS if defaults else {}))
-
     s = commands.add_parser("sample", help="draw faces from a trained generator", formatter_class=formatter)
     s.add_argument("--ckpt", required=True, help="generator weights (ours, the tutorial's, or checkpoint.pth)")
     s.add_argument("--n", type=number(int, 1), default=64, help="number of images")
@@ -973,7 +974,6 @@ def build_parser(defaults=True):
     s.add_argument("--interpolate", type=number(int, 1), metavar="STEPS", help="n // STEPS rows of spherical paths")
     s.add_argument("--device", default="auto")
     s.set_defaults(func=sample)
-
     y = commands.add_parser("synth", help="draw cartoon faces to train on (no download)", formatter_class=formatter)
     y.add_argument("--out", default="datasets/synth", help="folder for the JPEGs")
     y.add_argument("--n", type=number(int, 1), default=6000, help="number of faces")

@@ -299,6 +299,11 @@ def test_resume_at_an_epoch_boundary_is_exact(faces, tmp_path):
     straight, split = tmp_path / "straight", tmp_path / "split"
     assert run_main(*train_args(faces, straight, 2)) == 0
     assert run_main(*train_args(faces, split, 1)) == 0
+    # as if saved on the other kind of device: the optimizers keep this device's kernels (fused, capturable)
+    ckpt = torch.load(split / "checkpoint.pth", weights_only=True)
+    for group in ckpt["optimizer_g"]["param_groups"] + ckpt["optimizer_d"]["param_groups"]:
+        group["fused"] = group["capturable"] = not group["fused"]
+    torch.save(ckpt, split / "checkpoint.pth")
     # harmless changes (--log-every, --workers) are accepted on resume
     assert run_main(*train_args(faces, split, 2, "--resume", split / "checkpoint.pth",
                                 "--log-every", 5, "--workers", 1)) == 0
@@ -380,6 +385,18 @@ def test_a_failed_rename_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
 
 
+def test_cuda_graph_only_where_the_step_never_waits_for_the_host(monkeypatch):
+    args, cuda = dcgan.build_parser().parse_args(["train"]), torch.device("cuda")
+    graphed = lambda args, device, amp: dcgan.graphed_train_step(args, device, amp) is not dcgan.train_step
+    assert graphed(args, cuda, torch.bfloat16) and graphed(args, cuda, None)
+    assert not graphed(args, torch.device("cpu"), None)
+    assert not graphed(args, cuda, torch.float16)  # its GradScaler checks for overflow on the host
+    for flag in ("--no-cuda-graph", "--compile"):
+        assert not graphed(dcgan.build_parser().parse_args(["train", flag]), cuda, None)
+    monkeypatch.setattr(dcgan.dist, "is_initialized", lambda: True)  # torchrun, even of one process: DDP
+    assert not graphed(args, cuda, None)
+
+
 def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(faces, tmp_path, monkeypatch, capsys):
     real_step, calls = dcgan.train_step, []
 
@@ -388,7 +405,7 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(faces, tmp
         stats = real_step(*args)
         return stats * float("nan") if len(calls) == 9 else stats  # epoch 2, iteration 3
     monkeypatch.setattr(dcgan, "train_step", step_that_diverges)
-    code = run_main(*train_args(faces, tmp_path, 3))
+    code = run_main(*train_args(faces, tmp_path, 3, "--no-cuda-graph"))  # a replayed graph calls no Python
     assert code == 2
     err = capsys.readouterr().err
     assert "diverged" in err and "epoch 2, iteration 3" in err and "lower --lr" in err

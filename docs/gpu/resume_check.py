@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import torch
+from same_run import compare
 
 work, data, extra = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
 
@@ -31,17 +31,8 @@ out, err = proc.communicate(timeout=120)
 stopped = [line for line in out.splitlines() if line.startswith("stopped by")]
 print(f"interrupted run: exit {proc.returncode}; {stopped[0] if stopped else 'no stop line: ' + err[-500:]}")
 printed = stopped[0].split("Resume with: ")[1].split()
-# The printed command names only --data/--out/--epochs/--save-*: flags that are not stored with the run
-# (the cache folder, --deterministic) must be given again (issue 10 makes the printed command complete).
-resumed = subprocess.run([sys.executable, *printed[1:], *extra], capture_output=True, text=True)
-print(f"resumed with the printed command (+ {' '.join(extra)}): exit {resumed.returncode}"
+# The printed command is complete: --resume restores every other flag, --deterministic and --cache-dir too.
+resumed = subprocess.run([sys.executable, *printed[1:]], capture_output=True, text=True)
+print(f"resumed with the printed command: exit {resumed.returncode}"
       + ("" if resumed.returncode == 0 else ": " + resumed.stderr[-500:]))
-
-a, b = (torch.load(d / "checkpoint.pth", weights_only=True) for d in (straight, split))
-for key in ("generator", "discriminator"):
-    diff = max((a[key][k].float() - b[key][k].float()).abs().max().item() for k in a[key])
-    same = all(torch.equal(a[key][k], b[key][k]) for k in a[key])
-    print(f"{key}: bit-identical {same}, largest difference {diff:.3g}")
-csv_same = (straight / "losses.csv").read_text() == (split / "losses.csv").read_text()
-rows = len((split / "losses.csv").read_text().splitlines()) - 1
-print(f"losses.csv identical: {csv_same} ({rows} rows); history rows {len(a['history'])} vs {len(b['history'])}")
+compare(straight, split)
