@@ -21,6 +21,7 @@ file pytorch-fid looks for in the torch hub cache, and pytorch-fid then runs unc
 import argparse
 import csv
 import importlib.util
+import inspect
 import os
 import random
 import re
@@ -117,8 +118,27 @@ def statistics(model, batches, device):
     return features.mean(0), np.cov(features, rowvar=False)
 
 
+def sqrtm_with_disp():
+    """pytorch-fid 0.3.0, its latest release, calls scipy.linalg.sqrtm(A, disp=False), an argument SciPy
+    1.18 removed: every FID ends in a TypeError there. Give the argument back, with its old meaning
+    (disp=False: the root and the error estimate), so that pytorch-fid runs unchanged."""
+    try:
+        from scipy import linalg
+    except ImportError:  # no pytorch-fid either: it says so itself
+        return
+    if "disp" in inspect.signature(linalg.sqrtm).parameters:
+        return
+    sqrtm = linalg.sqrtm
+
+    def with_disp(a, disp=True, **kwargs):
+        root = sqrtm(a, **kwargs)
+        return root if disp else (root, np.linalg.norm(root @ root - a) ** 2 / np.linalg.norm(a))
+    linalg.sqrtm = with_disp
+
+
 def frechet(a, b):
     from pytorch_fid.fid_score import calculate_frechet_distance
+    sqrtm_with_disp()
     return float(calculate_frechet_distance(a[0], a[1], b[0], b[1]))
 
 
@@ -202,7 +222,10 @@ def export_real(data, out, count, size, seed=0):
 def run_pytorch_fid(*args, device=None):
     """`python -m pytorch_fid ARGS`: its last printed number, or a UserError that says in one line what
     went wrong."""
-    cmd = [sys.executable, "-m", "pytorch_fid", *map(str, args)] + (["--device", device] if device else [])
+    here = os.path.dirname(os.path.abspath(__file__))
+    cli = (f"import runpy, sys; sys.path.insert(0, {here!r}); import fid; fid.sqrtm_with_disp(); "
+           "runpy.run_module('pytorch_fid', run_name='__main__', alter_sys=True)")  # `python -m pytorch_fid`
+    cmd = [sys.executable, "-c", cli, *map(str, args)] + (["--device", device] if device else [])
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode == 0:
         found = re.search(r"FID:\s*(\S+)", result.stdout)  # --save-stats prints no FID

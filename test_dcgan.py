@@ -884,6 +884,22 @@ def test_converted_weights_give_the_wheels_features_and_make_fid_runs_offline(tr
     assert "real statistics from" in again.stdout and again.stdout.split("FID:")[1] == first.stdout.split("FID:")[1]
 
 
+@pytest.mark.skipif(not all(importlib.util.find_spec(m) for m in ("pytorch_fid", "scipy")), reason="make fid installs them")
+def test_fid_runs_with_a_scipy_whose_sqrtm_has_no_disp(monkeypatch):
+    """SciPy 1.18 removed sqrtm's disp, which pytorch-fid 0.3.0 passes: fid.py gives it back."""
+    import fid
+    from scipy import linalg
+    rng = np.random.default_rng(0)
+    a, b = (rng.normal(size=(50, 4)) for _ in range(2))
+    stats = [(x.mean(0), np.cov(x, rowvar=False)) for x in (a, b)]
+    expected = fid.frechet(*stats)
+    original = linalg.sqrtm
+    monkeypatch.setattr(linalg, "sqrtm", lambda A, blocksize=64: original(A, blocksize=blocksize))  # no disp
+    with pytest.raises(TypeError):
+        linalg.sqrtm(stats[0][1], disp=False)
+    assert fid.frechet(*stats) == pytest.approx(expected, rel=1e-9) and expected > 0
+
+
 @needs_fid
 def test_fid_every_writes_a_curve_and_a_resume_drops_later_rows(faces, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
