@@ -178,13 +178,8 @@ def run_dcgan(args, device):
         images, _ = dcgan.load_cache(base, args.image_size)
         images = dcgan.place_cache(images, device)
         amp_dtype = dcgan.choose_amp(args.amp, device)
-        G = dcgan.Generator(image_size=args.image_size).to(device, memory_format=dcgan.memory_format(device))
-        D = dcgan.Discriminator(image_size=args.image_size).to(device, memory_format=dcgan.memory_format(device))
-        G.apply(dcgan.init_weights)
-        D.apply(dcgan.init_weights)
-        fused = device.type == "cuda"
-        opt_g, opt_d = (torch.optim.Adam(m.parameters(), lr=2e-4, betas=(0.5, 0.999), fused=fused, capturable=fused)
-                        for m in (G, D))
+        defaults = dcgan.build_parser().parse_args(["train", "--image-size", str(args.image_size)])
+        G, D, opt_g, opt_d = dcgan.build_models(defaults, device)  # as `dcgan.py train` builds them
         scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
         def batches():
@@ -194,7 +189,7 @@ def run_dcgan(args, device):
                     yield dcgan.to_model_input(batch, device)
         source = batches()
         train_step = dcgan.graphed_train_step(args, device, amp_dtype)  # as dcgan.py trains
-        step = lambda: train_step(G, D, opt_g, opt_d, scaler, next(source), 100, amp_dtype)
+        step = lambda: train_step(G, D, opt_g, opt_d, scaler, next(source), defaults.nz, amp_dtype)
         with FlopCounterMode(display=False) as counter:
             step()
         if args.compile:
