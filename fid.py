@@ -169,7 +169,9 @@ def track_training_fid(run, epoch):
     as many training images, written to fid.csv (rows after this epoch, from before a resume, dropped)
     and drawn in fid.png. The latents are fixed, so the curve shows the model changing, not the noise."""
     args, started = run.args, time.perf_counter()
-    model = inception(run.device)
+    if getattr(run, "fid_inception", None) is None:  # built once a run, not every evaluation
+        run.fid_inception = inception(run.device)
+    model = run.fid_inception
     n = min(args.fid_n, run.n)
     reference = training_reference(run, model, n)
     G = run.G_ema if run.G_ema is not None else run.G
